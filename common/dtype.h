@@ -28,14 +28,26 @@ typedef enum {
     QIE_DT_F64,
     QIE_DT_F8_E4M3,
     QIE_DT_F8_E5M2,
+    /* Appended for safetensors (spec section 8, "recent versions"): qie reads them but never
+     * computes with them. F4 and F6_* are sub-byte: dtype_size() is 0 for them, use dtype_bits(). */
+    QIE_DT_F8_E8M0,
+    QIE_DT_F8_E4M3FNUZ,
+    QIE_DT_F8_E5M2FNUZ,
+    QIE_DT_C64,
+    QIE_DT_F4,
+    QIE_DT_F6_E2M3,
+    QIE_DT_F6_E3M2,
     QIE_DT_COUNT
 } QieDtype;
 
-/* bytes per element */
+/* bytes per element; 0 for an invalid dtype and for the sub-byte ones (F4, F6_*) */
 size_t dtype_size(QieDtype dt);
+/* bits per element (4 and 6 for the sub-byte dtypes); 0 for an invalid dtype */
+size_t dtype_bits(QieDtype dt);
 /* lower-case record name ("f32", "bf16", ...); NULL for an invalid dtype */
 const char *dtype_name(QieDtype dt);
-/* parses the record name; 0 or QIE_EINVAL */
+/* parses the record name; 0 or QIE_EINVAL. Sub-byte dtypes are refused: records carry
+ * whole-byte elements only, and callers divide by dtype_size(). */
 int dtype_parse(const char *s, size_t len, QieDtype *out);
 
 static inline float bf16_to_f32(uint16_t h) {

@@ -5,7 +5,7 @@
  *                     and renamed to PATH only when the stream ends well (ep_finish ok=1)
  *   tcp://HOST:PORT   ZeroMQ. Rule: the side that receives (--in) binds and the side that sends
  *   ipc://PATH        (--out) connects, so many producers feed one consumer by default. Prefix
- *                     '@' to force bind ("@tcp://*:5555") or '>' to force connect, for one
+ *                     '@' to force bind ("@tcp://0.0.0.0:5555") or '>' to force connect, for one
  *                     producer feeding many consumers. The bound side expects ?peers=N peers
  *                     (default 1) and ends the stream only when all of them have.
  *   lmdb://DIR        the LMDB latent cache (common/ep_lmdb.c; see the cache docs)

@@ -38,12 +38,19 @@ void qie_seterr(char *err, const char *fmt, ...) {
 
 void qie_preferr(char *err, const char *fmt, ...) {
     if (!err) return;
-    char old[QIE_ERR_LEN], pre[QIE_ERR_LEN];
+    char old[QIE_ERR_LEN];
     memcpy(old, err, QIE_ERR_LEN);
     old[QIE_ERR_LEN - 1] = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(pre, sizeof pre, fmt, ap);
+    int n = vsnprintf(err, QIE_ERR_LEN, fmt, ap);
     va_end(ap);
-    snprintf(err, QIE_ERR_LEN, "%s: %s", pre, old);
+    if (n < 0 || n >= QIE_ERR_LEN - 2) return;
+    /* the context goes first; the old message fills what room is left */
+    err[n] = ':';
+    err[n + 1] = ' ';
+    size_t room = QIE_ERR_LEN - (size_t)n - 3, len = strlen(old);
+    if (len > room) len = room;
+    memcpy(err + n + 2, old, len);
+    err[n + 2 + len] = 0;
 }
