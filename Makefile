@@ -75,10 +75,12 @@ STAGE_LIBS := $(foreach s,$(STAGES),$(call stage_lib,$(s)))
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/bin/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all test test-plain test-san clean bundle fuzz demo bench-decode bench-cache
-all: $(BINS) $(TEST_BINS)
+all: $(BINS) $(TEST_BINS) $(TOOL_BINS)
 
 $(BUILD)/common/%.o $(BUILD)/kernels/%.o: CFLAGS += $(ALL_STAGE_CFLAGS)
 $(BUILD)/%.o: %.c
@@ -107,6 +109,11 @@ $(BUILD)/tests/%: tests/%.c $(STAGE_LIBS) $(LIBQIE) tests/testlib.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ALL_STAGE_CFLAGS) -Itests -Istages $(LDFLAGS) -o $@ $< \
 	  $(STAGE_LIBS) $(LIBQIE) $(ALL_STAGE_LIBS) $(LDLIBS_BASE) $(LDLIBS_CUDA)
+
+# test-only tools (record generators, fault injectors) live next to the stages in bin/
+$(BUILD)/bin/%: tests/tools/%.c $(LIBQIE)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBQIE) $(LDLIBS_BASE) $(LDLIBS_CUDA)
 
 test-plain: all
 	bash tests/run.sh $(BUILD)

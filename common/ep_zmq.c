@@ -347,6 +347,10 @@ static int writer_pump_(char *err, ZmqEp *z) {
 static int zmq_write_(char *err, void *state, const void *buf, size_t len) {
     ZmqEp *z = state;
     int rc;
+    /* a bound writer waits for all its expected readers before the first record, so that the
+       first to connect does not take the whole head of the stream (the slow-joiner problem) */
+    while (z->bound && z->npeers < z->expected)
+        if ((rc = writer_pump_(err, z))) return rc;
     for (;;) {
         if (!z->bound) {
             if (z->credit > 0) {
