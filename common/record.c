@@ -337,6 +337,75 @@ static int obj_int_(const msgpack_object *o, int64_t *out) {
     return -1;
 }
 
+/* msgpack-c sizes a container's zone allocation from its declared count before it looks at
+ * the bytes, so a 10-byte record claiming 2^32 map entries would ask for 128 GiB. This walk
+ * checks that every declared count fits in the bytes left (each item takes at least one byte)
+ * and that nesting stays within msgpack-c's limit, before msgpack-c sees the buffer. */
+static int mp_prevalidate_(const unsigned char *p, size_t len) {
+    uint64_t stack[32];
+    int depth = 0;
+    stack[depth++] = 1;
+    size_t off = 0;
+    while (depth) {
+        if (stack[depth - 1] == 0) { depth--; continue; }
+        stack[depth - 1]--;
+        if (off >= len) return -1;
+        unsigned b = p[off++];
+        uint64_t skip = 0, items = 0;
+        int container = 0;
+        size_t need = 0; /* size bytes following the tag */
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) { /* one byte */
+        } else if (b >= 0x80 && b <= 0x8f) { items = 2ull * (b & 0x0f); container = 1;
+        } else if (b >= 0x90 && b <= 0x9f) { items = b & 0x0f; container = 1;
+        } else if (b >= 0xa0 && b <= 0xbf) { skip = b & 0x1f;
+        } else {
+            uint64_t n = 0;
+            switch (b) {
+            case 0xc4: case 0xd9: need = 1; break;
+            case 0xc5: case 0xda: need = 2; break;
+            case 0xc6: case 0xdb: need = 4; break;
+            case 0xc7: need = 1; break;
+            case 0xc8: need = 2; break;
+            case 0xc9: need = 4; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xde: need = 2; break;
+            case 0xdd: case 0xdf: need = 4; break;
+            default: return -1; /* 0xc1 */
+            }
+            if (need) {
+                if (len - off < need) return -1;
+                for (size_t i = 0; i < need; i++) n = n << 8 | p[off + i];
+                off += need;
+                if (b == 0xdc || b == 0xdd) { items = n; container = 1; }
+                else if (b == 0xde || b == 0xdf) { items = 2 * n; container = 1; }
+                else if (b >= 0xc7 && b <= 0xc9) skip = n + 1; /* ext: type byte + data */
+                else skip = n;
+            }
+        }
+        if (container) {
+            if (items > len - off) return -1;
+            if (items) {
+                if (depth == 32) return -1;
+                stack[depth++] = items;
+            }
+        } else {
+            if (skip > len - off) return -1;
+            off += skip;
+        }
+    }
+    return 0;
+}
+
 #define BAD(...) do { qie_seterr(err, __VA_ARGS__); rc = QIE_EFORMAT; goto fail; } while (0)
 #define NOMEM() do { qie_seterr(err, "record decode: out of memory"); rc = QIE_ENOMEM; goto fail; } while (0)
 
@@ -392,6 +461,7 @@ int rec_decode(char *err, Record *r, const void *buf, size_t len) {
     msgpack_unpacked_init(&up);
     rec_free(r);
     size_t off = 0;
+    if (mp_prevalidate_(buf, len)) BAD("record decode: truncated or malformed msgpack (%zu bytes)", len);
     msgpack_unpack_return ur = msgpack_unpack_next(&up, buf, len, &off);
     if (ur == MSGPACK_UNPACK_CONTINUE) BAD("record decode: truncated record (%zu bytes)", len);
     if (ur != MSGPACK_UNPACK_SUCCESS) BAD("record decode: not msgpack (%zu bytes)", len);
