@@ -75,12 +75,18 @@ STAGE_LIBS := $(foreach s,$(STAGES),$(call stage_lib,$(s)))
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+GPU_TEST_SRC := $(wildcard tests/gpu/test_*.c)
+GPU_TEST_BINS := $(GPU_TEST_SRC:tests/gpu/%.c=$(BUILD)/tests-gpu/%)
 TOOL_SRC := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/bin/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all test test-plain test-san clean bundle fuzz demo bench-decode bench-cache
-all: $(BINS) $(TEST_BINS) $(TOOL_BINS)
+.PHONY: all test-gpu test test-plain test-san clean bundle fuzz demo bench-decode bench-cache
+ALL_TARGETS := $(BINS) $(TEST_BINS) $(TOOL_BINS)
+ifeq ($(CUDA),1)
+ALL_TARGETS += $(GPU_TEST_BINS)
+endif
+all: $(ALL_TARGETS)
 
 $(BUILD)/common/%.o $(BUILD)/kernels/%.o: CFLAGS += $(ALL_STAGE_CFLAGS)
 $(BUILD)/%.o: %.c
@@ -114,6 +120,15 @@ $(BUILD)/tests/%: tests/%.c $(STAGE_LIBS) $(LIBQIE) tests/testlib.h
 $(BUILD)/bin/%: tests/tools/%.c $(LIBQIE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIBQIE) $(LDLIBS_BASE) $(LDLIBS_CUDA)
+
+# GPU tests (CPU reference vs CUDA twin on the same inputs): make CUDA=1 test-gpu, on a GPU host
+$(BUILD)/tests-gpu/%: tests/gpu/%.c $(STAGE_LIBS) $(LIBQIE) tests/testlib.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ALL_STAGE_CFLAGS) -Itests -Istages $(LDFLAGS) -o $@ $< \
+	  $(STAGE_LIBS) $(LIBQIE) $(ALL_STAGE_LIBS) $(LDLIBS_BASE) $(LDLIBS_CUDA)
+
+test-gpu: all
+	@p=0; f=0; for t in $(GPU_TEST_BINS); do echo "== $$t"; $$t; done
 
 test-plain: all
 	bash tests/run.sh $(BUILD)

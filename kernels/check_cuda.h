@@ -18,7 +18,7 @@
         }                                                                                      \
     } while (0)
 
-#ifdef CUBLAS_VERSION
+#if defined(CUBLAS_VERSION) || defined(CUBLAS_VER_MAJOR)
 #define CUBLAS_CHECK(call)                                                                     \
     do {                                                                                       \
         cublasStatus_t s_ = (call);                                                            \
