@@ -119,7 +119,8 @@ $(BUILD)/tests/%: tests/%.c $(STAGE_LIBS) $(LIBQIE) tests/testlib.h
 # test-only tools (record generators, fault injectors) live next to the stages in bin/
 $(BUILD)/bin/%: tests/tools/%.c $(LIBQIE)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ALL_STAGE_CFLAGS) $(LDFLAGS) -o $@ $< $(LIBQIE) $(ALL_STAGE_LIBS) $(LDLIBS_BASE) $(LDLIBS_CUDA)
+	@mkdir -p $(BUILD)/tools
+	$(CC) $(CFLAGS) -MF $(BUILD)/tools/$*.d $(ALL_STAGE_CFLAGS) $(LDFLAGS) -o $@ $< $(LIBQIE) $(ALL_STAGE_LIBS) $(LDLIBS_BASE) $(LDLIBS_CUDA)
 
 # GPU tests (CPU reference vs CUDA twin on the same inputs): make CUDA=1 test-gpu, on a GPU host
 $(BUILD)/tests-gpu/%: tests/gpu/%.c $(STAGE_LIBS) $(LIBQIE) tests/testlib.h

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# bench_decode.sh: qie-decode -j1 against the reference's pixel path in Python, one core each.
+#
+# Makes BENCH_N 1024x1024 JPEG targets (q90, 4:2:0) with one 1024x1024 JPEG source each, then
+#   qie:       qie-decode -j 1 --out FILE (records written to a file on the same disk)
+#   reference: PIL open/convert, torch float32 /255, interpolate(bilinear, antialias) (what
+#              torchvision Resize does to a float tensor), centre crop, normalise, bf16; PIL
+#              LANCZOS for the source(s) -- with torch.set_num_threads(1)
+# and prints images/s per core side by side. Settings: BENCH_N (default 48), BENCH_S (default
+# 1328, the shipped --image_sample_size), BENCH_MODE (qwen_image_edit_plus | qwen_image_edit),
+# BUILD (default build). Usage: make bench-decode, or bash scripts/bench_decode.sh.
+set -euo pipefail
+BUILD=${BUILD:-build}
+N=${BENCH_N:-48}
+S=${BENCH_S:-1328}
+MODE=${BENCH_MODE:-qwen_image_edit_plus}
+BIN=$BUILD/bin/qie-decode
+[ -x "$BIN" ] || make --no-print-directory BUILD="$BUILD" "$BIN" >/dev/null
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/qie-bench-decode-XXXXXX")
+trap 'rm -rf "$DIR"' EXIT
+
+python3 - "$DIR" "$N" <<'EOF'
+import json, sys
+import numpy as np
+from PIL import Image
+d, n = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+y, x = np.mgrid[0:1024, 0:1024]
+meta = []
+for i in range(n):
+    for kind in ("t", "s"):
+        # smooth structure plus texture: a few bits per pixel at q90, like photographs
+        f = rng.uniform(0.005, 0.03, 3)
+        base = np.stack([127 + 100 * np.sin(x * f[0] + y * f[1] + i),
+                         127 + 100 * np.cos(y * f[2] - x * f[0]),
+                         127 + 100 * np.sin((x + y) * f[1] * 0.7)], -1)
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(f"{d}/{kind}{i}.jpg", quality=90)
+    meta.append({"file_path": f"t{i}.jpg", "text": f"edit {i}", "source_file_path": [f"s{i}.jpg"]})
+json.dump(meta, open(f"{d}/meta.json", "w"))
+EOF
+bytes=$(du -sb "$DIR" | cut -f1)
+
+# CPU seconds (user + sys) of the one process: "per core", and not the disk's fsync wait nor
+# other jobs sharing the machine; wall time is printed too
+/usr/bin/time -f "%e %U %S" -o "$DIR/time" \
+  "$BIN" --train_data_meta "$DIR/meta.json" --train_data_dir "$DIR" --train_mode "$MODE" \
+    --image_sample_size "$S" --enable_bucket -j 1 --out "$DIR/out.qie" --log_level warn --progress=false 2>"$DIR/qie.err"
+read -r qwall qusr qsys <"$DIR/time"
+qie_ips=$(python3 -c "print(f'{$N / ($qusr + $qsys):.2f}')")
+qie_wall=$(python3 -c "print(f'{$N / $qwall:.2f}')")
+rm -f "$DIR/out.qie"
+
+read -r ref_ips ref_wall < <(python3 - "$DIR" "$N" "$S" "$MODE" <<'EOF'
+import json, math, sys, time
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+torch.set_num_threads(1)
+d, n, S, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, "scripts/golden")
+from decode_buckets import target_plan, calculate_dimensions, v1_source_size
+meta = json.load(open(f"{d}/meta.json"))
+sink = 0
+t0, w0 = time.process_time(), time.perf_counter()
+for e in meta:
+    arr = np.array(Image.open(f"{d}/{e['file_path']}").convert("RGB"))[None]
+    _, h, w, _ = arr.shape
+    pv = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous() / 255.
+    cs, rs, (top, left) = target_plan(h, w, S, 1.0)
+    if list(rs) != [h, w]:
+        pv = F.interpolate(pv, size=list(rs), mode="bilinear", align_corners=False, antialias=True)
+    pv = pv[..., top:top + cs[0], left:left + cs[1]]
+    pv = ((pv - 0.5) / 0.5).to(torch.bfloat16)
+    sink += pv.numel()
+    for s in e["source_file_path"]:
+        im = Image.open(f"{d}/{s}").convert("RGB")
+        W, H = im.size
+        if mode == "qwen_image_edit":
+            sizes = [v1_source_size(W, H)]
+        else:
+            sizes = [calculate_dimensions(1024 * 1024, W / H), calculate_dimensions(384 * 384, W / H)]
+        for (sw, sh) in sizes:
+            sink += np.array(im.resize((sw, sh), resample=Image.LANCZOS)).size
+t1, w1 = time.process_time(), time.perf_counter()
+print(f"{n / (t1 - t0):.2f} {n / (w1 - w0):.2f}")
+EOF
+)
+ratio=$(python3 -c "print(f'{$qie_ips / $ref_ips:.2f}')")
+echo "bench-decode: $N x (1024^2 JPEG target + 1024^2 JPEG source), $(( bytes / 1024 / 1024 )) MiB, --image_sample_size $S, --train_mode $MODE, one core"
+printf '  %-46s %7s images/CPU-s (wall %s/s)\n' "qie-decode -j1 (records to a file)" "$qie_ips" "$qie_wall"
+printf '  %-46s %7s images/CPU-s (wall %s/s)\n' "reference (PIL + torch float path, 1 thread)" "$ref_ips" "$ref_wall"
+echo "  speed-up: ${ratio}x (goal >= 2x)"
