@@ -157,6 +157,16 @@ fuzz:
 	  build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/seeds-$$n 2>&1 | tail -n 5 || exit 1; \
 	done
 
+# the README's first command (after scripts/setup.sh): the main job on its embedded default
+demo: all
+	bash scripts/demo.sh
+
+bench-decode: all
+	bash scripts/bench_decode.sh
+
+bench-cache: all
+	bash scripts/bench_cache.sh
+
 bundle: all
 	bash scripts/bundle.sh $(BUILD) $(BUILD)/bundle
 
