@@ -18,6 +18,9 @@
 #include "rng.h"
 #include "safetensors.h"
 
+/* names the resize filters and rounding of this decoder; change it when the pixels change */
+#define DEC_RESIZE_ID "target:torch-bilinear-aa-f32,crop-half-even;source:pillow-lanczos-u8;v1"
+
 /* ---------------------------------------------------------------------------------------------
  * SHA-256 (FIPS 180-4), only for ids: a few hundred bytes per entry. */
 
@@ -348,9 +351,13 @@ int dec_build_sample(char *err, const DecodeOpts *o, int64_t index, const char *
     r->bucket[0] = tp.bucket_h;
     r->bucket[1] = tp.bucket_w;
     if ((rc = target_pixels_(err, &im, &tp, r))) goto out;
-    if ((rc = rec_set_attr_str(r, "train_mode", o->train_mode == DEC_EDIT ? "qwen_image_edit"
-                                                                          : "qwen_image_edit_plus")) ||
-        (rc = rec_set_attr_int(r, "image_sample_size", o->sample_size)) ||
+    /* cfg.* attrs are the settings that shape the pixels: the cache records them once and
+       refuses records made with other ones (docs/cache.md) */
+    if ((rc = rec_set_attr_str(r, "cfg.train_mode", o->train_mode == DEC_EDIT ? "qwen_image_edit"
+                                                                              : "qwen_image_edit_plus")) ||
+        (rc = rec_set_attr_int(r, "cfg.image_sample_size", o->sample_size)) ||
+        (rc = rec_set_attr_int(r, "cfg.enable_bucket", o->enable_bucket)) ||
+        (rc = rec_set_attr_str(r, "cfg.resize", DEC_RESIZE_ID)) ||
         (rc = rec_set_attr_float(r, "downscale", d)) ||
         (rc = rec_set_attr_int(r, "target_h", im.h)) || (rc = rec_set_attr_int(r, "target_w", im.w)) ||
         (rc = rec_set_attr_int(r, "resize_h", tp.resize_h)) ||

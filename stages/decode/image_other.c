@@ -121,7 +121,8 @@ static int ff_first_frame_(char *err, Ff *ff, const uint8_t *buf, size_t len, co
     if ((e = avcodec_parameters_to_context(ff->dec, par)) < 0)
         return ff_err_(err, name, "avcodec_parameters_to_context", e);
     ff->dec->thread_count = 1; /* one worker per core */
-    if ((e = avcodec_open2(ff->dec, codec, NULL)) < 0) return ff_err_(err, name, "avcodec_open2", e);
+    if ((e = avcodec_open2(ff->dec, codec, NULL)) < 0)
+        return ff_err_(err, name, "avcodec_open2", e);
     int flushing = 0;
     for (;;) {
         e = avcodec_receive_frame(ff->dec, ff->frame);

@@ -1,6 +1,7 @@
 /* qie-decode: metadata JSON -> decoded, bucketed, resized sample records (docs/decode.md).
  * Options, endpoints and the exit status only; the work is in decode_stage.c. */
 #include <errno.h>
+#include <libavutil/log.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +79,7 @@ int main(int argc, char **argv) {
         "good entry. Bad entries are reported, counted and skipped. See docs/decode.md.",
         opts, (int)(sizeof opts / sizeof *opts), 0};
     log_init("decode");
+    av_log_set_level(AV_LOG_QUIET); /* FFmpeg would print its own lines; decode errors are reported as ours */
     /* Every sample allocates and frees the same few 3-30 MB buffers. Above glibc's mmap
      * threshold each would be a fresh mmap: page faults and kernel zeroing on every image
      * (~10% of the time in bench-decode). Keep them in the heap and keep freed memory. */

@@ -34,7 +34,8 @@
 /* x86-64-v3 = AVX2 + FMA: 8-wide int32 multiplies, and fmaf as one instruction (elsewhere it
  * is a libm call: correct, slower). Off under ASan, whose start-up and ifunc resolvers mix
  * badly. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__)
 #define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define HOT
