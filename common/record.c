@@ -151,7 +151,7 @@ static RecTensor *tensor_slot_(Record *r, const char *name) {
 }
 
 static int tensor_size_(char *err, const char *name, QieDtype dt, int ndim, const int64_t *shape, size_t *nbytes) {
-    if (!dtype_name(dt)) {
+    if (!dtype_name(dt) || !dtype_size(dt)) { /* sub-byte dtypes cannot travel in records */
         qie_seterr(err, "tensor '%s': invalid dtype %d", name, (int)dt);
         return QIE_EINVAL;
     }

@@ -15,8 +15,11 @@
  *
  * Reader differences from the Rust crate, all on inputs no writer produces:
  *   - duplicate tensor names are an error (serde keeps the last one silently);
- *   - a NUL character (\u0000) in a tensor name or metadata string is QIE_EUNSUPPORTED;
- *   - a tensor entry must be a JSON object (serde would also take [dtype, shape, offsets]).
+ *   - a NUL character (\u0000) in a tensor name or metadata string is QIE_EUNSUPPORTED.
+ * Everything else follows serde_json + the derived Deserialize exactly, checked by running the
+ * fuzz corpus through both readers: strict UTF-8, JSON whitespace around the object, nesting up
+ * to 127, unknown entry fields skipped (but still parsed: a number out of f64 range fails), an
+ * entry also accepted as [dtype, shape, data_offsets], duplicate __metadata__ keys keep the last.
  * Integers (shape, data_offsets) are parsed exactly as u64, so there is no 2^53 precision loss;
  * that is why the header has its own small JSON parser rather than cJSON (cJSON reads numbers
  * as doubles and ignores trailing garbage). Index files are read with cJSON.
@@ -129,7 +132,9 @@ void st_writer_destroy(StWriter **w);
 /* Adds a tensor. name and shape are copied; data is BORROWED and must stay valid and unchanged
  * until the last st_writer_write* call. nbytes must equal numel * dtype_size (checked). Only the
  * classic dtypes may be written (spec 8: "Only emit the classic ones"): others are
- * QIE_EUNSUPPORTED. A duplicate name is QIE_EINVAL. Insertion order is the sharding order. */
+ * QIE_EUNSUPPORTED. Names must be valid UTF-8. Insertion order is the sharding order. A
+ * duplicate name is found (sorting, not by a scan per add) and refused, QIE_EINVAL, by the
+ * write calls. */
 int st_writer_add(char *err, StWriter *w, const char *name, QieDtype dt, int ndim,
                   const uint64_t *shape, const void *data, size_t nbytes);
 
@@ -155,6 +160,13 @@ int st_writer_write_sharded(char *err, StWriter *w, const char *dir, const char 
  * allowed; a fractional value is truncated toward zero after scaling, as int(value * unit).
  * 0 or QIE_EINVAL. */
 int st_parse_size(char *err, const char *s, uint64_t *out);
+
+/* ---- internal, shared by safetensors.c and safetensors_write.c --------------------------- */
+
+/* Position in the reference Dtype enum (its Ord); -1 for an invalid dtype. */
+int st_dtype_rank_(QieDtype dt);
+/* Offset of the first byte that breaks strict UTF-8 (as Rust's str::from_utf8), or len. */
+size_t st_utf8_check_(const uint8_t *s, size_t len);
 
 #ifdef __cplusplus
 }
