@@ -320,7 +320,8 @@ static void test_resample_args(void) {
     char err[QIE_ERR_LEN] = "";
     uint8_t a[12] = {0}, b[12];
     float fa[12] = {0}, fb[12];
-    CHECK(resample_lanczos_u8(err, a, 0, 2, b, 2, 2) == QIE_EINVAL && strstr(err, "0x2"), "%s", err);
+    CHECK(resample_lanczos_u8(err, a, 0, 2, b, 2, 2) == QIE_EINVAL && strstr(err, "0x2"), "%s",
+          err);
     CHECK(resample_lanczos_u8(err, a, 2, 2, b, 2, -1) == QIE_EINVAL);
     CHECK(resample_lanczos_u8(err, NULL, 2, 2, b, 2, 2) == QIE_EINVAL);
     CHECK(resample_bilinear_aa_f32(err, fa, 2, 2, fb, 0, 2) == QIE_EINVAL);
