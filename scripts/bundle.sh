@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# scripts/bundle.sh BUILD OUT: gathers BUILD/bin/* and the shared libraries they need that a
-# GPU host may lack (everything but glibc, the C++ runtime and CUDA/NCCL) into OUT/ and OUT/lib/.
+# scripts/bundle.sh BUILD OUT [NAME...]: gathers executables of BUILD/bin (all, or the NAMEs)
+# and BUILD/tests-gpu, plus the shared libraries they need that a GPU host may lack (everything
+# but glibc, the C++ runtime and CUDA/NCCL), into OUT/ and OUT/lib/, debug info stripped.
 # The binaries carry rpath $ORIGIN/lib, so OUT runs where our Debian packages are not installed.
+# A GPU host rarely needs qie-decode, whose FFmpeg pulls in over 100 libraries: name the stages
+# to keep the bundle small (e.g. for a device run: qie-parity qie-train qie-encode-vae).
 set -euo pipefail
-build=${1:-build}; out=${2:-$build/bundle}
+build=${1:-build}; out=${2:-$build/bundle}; shift $(( $# >= 2 ? 2 : $# ))
 rm -rf "$out"; mkdir -p "$out/lib"
-cp "$build"/bin/* "$out/"
-skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libnccl|libnvidia)'
+if [ $# -gt 0 ]; then for n in "$@"; do cp "$build/bin/$n" "$out/"; done
+else cp "$build"/bin/* "$out/"; fi
+for t in "$build"/tests-gpu/*; do [ -x "$t" ] && [ -f "$t" ] && cp "$t" "$out/"; done
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libnccl|libnvidia)'
 for b in "$out"/*; do
   [ -f "$b" ] && [ -x "$b" ] || continue
   ldd "$b" | awk '/=> \//{print $1, $3}' | while read -r name path; do
@@ -14,4 +19,5 @@ for b in "$out"/*; do
     [ -e "$out/lib/$name" ] || cp -L "$path" "$out/lib/$name"
   done
 done
-echo "bundle: $(ls "$out" | grep -vc '^lib$') executables, $(ls "$out/lib" | wc -l) libraries in $out ($(du -sh "$out" | cut -f1))"
+strip --strip-debug "$out"/* "$out"/lib/* 2>/dev/null || true
+echo "bundle: $(find "$out" -maxdepth 1 -type f | wc -l) executables, $(ls "$out/lib" | wc -l) libraries in $out ($(du -sh "$out" | cut -f1))"
