@@ -135,6 +135,15 @@ void op_download_f32(OpCtx *c, float *h_dst, const float *d_src, size_t n) {
     memcpy(h_dst, d_src, n * sizeof(float));
 }
 
+void op_copy(OpCtx *c, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+#ifdef QIE_CUDA
+    if (IS_CUDA(c)) { op_copy_cuda_(c, dst, src, bytes, 3); return; }
+#endif
+    (void)c;
+    memmove(dst, src, bytes);
+}
+
 void op_act_to_f32(OpCtx *c, float *dst, const void *src, size_t n) {
 #ifdef QIE_CUDA
     if (IS_CUDA(c)) { op_act_to_f32_cuda_(c, dst, src, n); return; }

@@ -59,6 +59,8 @@ void op_download_act(OpCtx *c, float *h_dst, const void *d_src, size_t n);
 /* Host f32 <-> device f32. */
 void op_upload_f32(OpCtx *c, float *d_dst, const float *h_src, size_t n);
 void op_download_f32(OpCtx *c, float *h_dst, const float *d_src, size_t n);
+/* device -> device copy of bytes (same device) */
+void op_copy(OpCtx *c, void *dst, const void *src, size_t bytes);
 /* device act <-> device f32 */
 void op_act_to_f32(OpCtx *c, float *dst, const void *src, size_t n);
 void op_f32_to_act(OpCtx *c, void *dst, const float *src, size_t n);
