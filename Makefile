@@ -36,7 +36,9 @@ endif
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -O$(O) -g -Wall -Wextra -Werror -fPIC -MMD -MP \
   -Icommon -Ikernels $(SANFLAGS)
 CFLAGS += $(CFLAGS_BASE) $(shell pkg-config --cflags $(BASE_PKGS))
-LDFLAGS += $(SANFLAGS) -Wl,--as-needed -Wl,-rpath,'$$ORIGIN/lib'
+# DT_RPATH (not RUNPATH) so that libraries' own dependencies (libzmq -> libsodium) are found
+# in the bundle's lib/ too
+LDFLAGS += $(SANFLAGS) -Wl,--as-needed -Wl,--disable-new-dtags -Wl,-rpath,'$$ORIGIN/lib'
 LDLIBS_BASE := $(shell pkg-config --libs $(BASE_PKGS)) -lpthread -lm
 
 CUDA_HOME ?= /usr/local/cuda

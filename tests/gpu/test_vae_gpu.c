@@ -1,0 +1,217 @@
+/* test_vae_gpu: the VAE encoder's CUDA path. Needs a GPU.
+ *   - each op's CUDA twin against its CPU reference on the same bf16-rounded inputs: conv2d
+ *     (3×3 pad 1 with the vector and the scalar im2col, stride-2 downsample, 1×1 + residual,
+ *     chunked im2col through a small workspace), channel RMS norm (+SiLU), attention (one
+ *     chunk and several, N not a multiple of 8), NCHW->NHWC, posterior;
+ *   - golden: vae-tiny (scripts/golden/vae.py) on cuda against diffusers' fp32 outputs;
+ *   - the real configuration (random weights) at 48x32: cuda against the CPU fp32 path.
+ * Tolerances (max |a-b| / max |ref|): 1e-2 for one op (bf16 output rounding is 2^-9 = 2e-3 of a
+ * value, plus the inputs' rounding through sums), 5e-2 for whole encoders (two dozen bf16
+ * layers; the measured numbers are printed, and the bf16 reference itself differs from fp32 by
+ * the same order). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv2d.h"
+#include "err.h"
+#include "ops.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "testlib.h"
+#include "vae.h"
+#include "vae_ops.h"
+
+static char err[QIE_ERR_LEN];
+static OpCtx cpu, gpu;
+
+static double rel_err_(const float *a, const float *b, size_t n) {
+    double m = 0, s = 1e-30;
+    for (size_t i = 0; i < n; i++) s = fmax(s, fabs(b[i]));
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    return m / s;
+}
+
+/* random host values rounded to bf16, and their device copy */
+static float *rand_(size_t n, uint64_t sub, float scale, void **dev) {
+    float *x = malloc(n * sizeof(float));
+    rng_normal_cpu(x, n, 321, sub, 0);
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i] * scale));
+    *dev = op_alloc(&gpu, n * 2);
+    op_upload_act(&gpu, *dev, x, n);
+    return x;
+}
+
+static float *down_(const void *d, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    op_download_act(&gpu, h, d, n);
+    return h;
+}
+
+static void conv_case_(int B, int H, int W, int Cin, int Cout, int k, int stride, int plo, int phi, int res,
+                       size_t ws_bytes, const char *what) {
+    Conv2dShape s = {B, H, W, Cin, Cout, k, stride, plo, phi, plo, phi};
+    const size_t no = (size_t)B * conv2d_out_h(&s) * conv2d_out_w(&s) * Cout;
+    void *dx, *dw, *db, *dr;
+    float *x = rand_((size_t)B * H * W * Cin, 1, 1, &dx), *w = rand_((size_t)Cout * k * k * Cin, 2, 0.1f, &dw);
+    float *b = rand_(Cout, 3, 1, &db), *r = rand_(no, 4, 1, &dr);
+    float *y = malloc(no * sizeof(float));
+    op_conv2d(&cpu, y, x, w, b, res ? r : NULL, &s, NULL, 0);
+    if (!ws_bytes) ws_bytes = op_conv2d_workspace(&gpu, &s) * 64;
+    void *ws = op_alloc(&gpu, ws_bytes ? ws_bytes : 16), *dy = op_alloc(&gpu, no * 2);
+    op_conv2d(&gpu, dy, dx, dw, db, res ? dr : NULL, &s, ws, ws_bytes);
+    float *yg = down_(dy, no);
+    double e = rel_err_(yg, y, no);
+    printf("  conv2d %-34s rel err %.3g\n", what, e);
+    CHECK(e < 1e-2, "%s", what);
+    free(x); free(w); free(b); free(r); free(y); free(yg);
+    op_free(&gpu, dx); op_free(&gpu, dw); op_free(&gpu, db); op_free(&gpu, dr); op_free(&gpu, ws); op_free(&gpu, dy);
+}
+
+static void test_conv2d_gpu(void) {
+    conv_case_(2, 17, 12, 96, 96, 3, 1, 1, 1, 0, 0, "3x3 96->96");
+    conv_case_(1, 16, 24, 8, 96, 3, 1, 1, 1, 0, 0, "3x3 8->96 (conv_in, padded)");
+    conv_case_(1, 9, 7, 3, 16, 3, 1, 1, 1, 0, 0, "3x3 Cin=3 (scalar im2col)");
+    conv_case_(2, 16, 10, 64, 64, 3, 2, 0, 1, 0, 0, "3x3 stride 2 pad (0,1)");
+    conv_case_(2, 11, 13, 64, 128, 1, 1, 0, 0, 1, 0, "1x1 + residual");
+    conv_case_(1, 20, 20, 32, 48, 3, 1, 1, 1, 1, 3 * 9 * 32 * 2 + 10, "3x3 + residual, 3-row chunks");
+}
+
+static void test_rmsnorm_gpu(void) {
+    const int M = 1000, C = 384;
+    void *dx, *dg;
+    float *x = rand_((size_t)M * C, 5, 2, &dx), *g = rand_(C, 6, 1, &dg), *y = malloc(sizeof(float) * M * C);
+    void *dy = op_alloc(&gpu, (size_t)M * C * 2);
+    for (int silu = 0; silu < 2; silu++) {
+        op_rmsnorm_channels(&cpu, y, x, g, M, C, silu);
+        op_rmsnorm_channels(&gpu, dy, dx, dg, M, C, silu);
+        float *yg = down_(dy, (size_t)M * C);
+        double e = rel_err_(yg, y, (size_t)M * C);
+        printf("  rmsnorm silu=%d rel err %.3g\n", silu, e);
+        CHECK(e < 1e-2);
+        free(yg);
+    }
+    free(x); free(g); free(y);
+    op_free(&gpu, dx); op_free(&gpu, dg); op_free(&gpu, dy);
+}
+
+static void attn_case_(int B, int N, int C, size_t ws_bytes, const char *what) {
+    void *dq;
+    float *qkv = rand_((size_t)B * N * 3 * C, 7, 1, &dq), *o = malloc(sizeof(float) * B * N * C);
+    vae_attention_forward_cpu(o, qkv, B, N, C);
+    void *ws = op_alloc(&gpu, ws_bytes), *dout = op_alloc(&gpu, (size_t)B * N * C * 2);
+    op_vae_attention(&gpu, dout, dq, B, N, C, ws, ws_bytes);
+    float *og = down_(dout, (size_t)B * N * C);
+    double e = rel_err_(og, o, (size_t)B * N * C);
+    printf("  attention %-30s rel err %.3g\n", what, e);
+    CHECK(e < 1e-2, "%s", what);
+    free(qkv); free(o); free(og);
+    op_free(&gpu, dq); op_free(&gpu, ws); op_free(&gpu, dout);
+}
+
+static void test_attention_gpu(void) {
+    attn_case_(2, 300, 64, op_vae_attention_workspace(&gpu, 300) * 300, "B=2 N=300 C=64, one chunk");
+    attn_case_(1, 1023, 384, op_vae_attention_workspace(&gpu, 1023) * 100, "N=1023 C=384, 100-row chunks");
+    attn_case_(3, 15, 32, op_vae_attention_workspace(&gpu, 15), "N=15 (odd), 1-row chunks");
+}
+
+static void test_layout_gpu(void) {
+    const int B = 2, C = 3, HW = 77, Cp = 8;
+    void *dx;
+    float *x = rand_((size_t)B * C * HW, 8, 1, &dx), *y = malloc(sizeof(float) * B * HW * Cp);
+    void *dy = op_alloc(&gpu, (size_t)B * HW * Cp * 2);
+    op_nchw_to_nhwc(&cpu, y, x, B, C, HW, Cp);
+    op_nchw_to_nhwc(&gpu, dy, dx, B, C, HW, Cp);
+    float *yg = down_(dy, (size_t)B * HW * Cp);
+    CHECK(!memcmp(y, yg, sizeof(float) * B * HW * Cp), "nchw -> nhwc exact");
+    const int z = 16, n = B * HW * 2 * z;
+    void *dp;
+    float *p = rand_((size_t)n, 9, 20, &dp), *m = malloc(sizeof(float) * n / 2), *l = malloc(sizeof(float) * n / 2);
+    float *mg = malloc(sizeof(float) * n / 2), *lg = malloc(sizeof(float) * n / 2);
+    float *dm = op_alloc(&gpu, sizeof(float) * n / 2), *dl = op_alloc(&gpu, sizeof(float) * n / 2);
+    op_vae_posterior(&cpu, m, l, p, B, HW, z);
+    op_vae_posterior(&gpu, dm, dl, dp, B, HW, z);
+    op_download_f32(&gpu, mg, dm, n / 2);
+    op_download_f32(&gpu, lg, dl, n / 2);
+    CHECK(!memcmp(m, mg, sizeof(float) * n / 2) && !memcmp(l, lg, sizeof(float) * n / 2), "posterior exact");
+    free(x); free(y); free(yg); free(p); free(m); free(l); free(mg); free(lg);
+    op_free(&gpu, dx); op_free(&gpu, dy); op_free(&gpu, dp); op_free(&gpu, dm); op_free(&gpu, dl);
+}
+
+static double cmp_golden_(const SafeTensors *g, const char *name, const float *got, size_t n) {
+    const StTensor *t = st_find(g, name);
+    CHECK(t && t->numel == n, "golden %s", name);
+    if (!t || t->numel != n) return 1;
+    float *ref = malloc(n * sizeof(float));
+    memcpy(ref, t->data, n * sizeof(float));
+    double e = rel_err_(got, ref, n);
+    free(ref);
+    return e;
+}
+
+static void test_golden_gpu(void) {
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/vae/model", test_golden_dir());
+    VaeModel *m = NULL;
+    CHECK_RC(vae_load(err, &gpu, dir, &m), err);
+    if (!m) return;
+    const char *files[2] = {"vae_h40_w24", "vae_h24_w56"};
+    for (int f = 0; f < 2; f++) {
+        snprintf(path, sizeof path, "%s/vae/%s.safetensors", test_golden_dir(), files[f]);
+        SafeTensors *g = NULL;
+        CHECK_RC(st_open(err, path, &g), err);
+        if (!g) continue;
+        const StTensor *px = st_find(g, "pixels");
+        const int B = (int)px->shape[0], H = (int)px->shape[2], W = (int)px->shape[3], z = vae_config(m)->z_dim;
+        const size_t nl = (size_t)B * z * (H / 8) * (W / 8);
+        float *pix = malloc(px->numel * 4), *mean = malloc(nl * 4), *lv = malloc(nl * 4), *lat = malloc(nl * 4);
+        memcpy(pix, px->data, px->numel * 4);
+        CHECK_RC(vae_encode(err, m, pix, B, H, W, mean, lv), err);
+        vae_normalize(vae_config(m), lat, mean, B, (H / 8) * (W / 8));
+        double em = cmp_golden_(g, "mean", mean, nl), el = cmp_golden_(g, "logvar", lv, nl);
+        double ez = cmp_golden_(g, "latents", lat, nl);
+        printf("  golden %s on cuda: mean rel err %.3g, logvar %.3g, latents %.3g\n", files[f], em, el, ez);
+        CHECK(em < 5e-2 && el < 5e-2 && ez < 5e-2, "%s", files[f]);
+        free(pix); free(mean); free(lv); free(lat);
+        st_close(&g);
+    }
+    vae_destroy(&m);
+}
+
+static void test_real_config_gpu(void) {
+    VaeConfig cfg;
+    vae_config_default(&cfg);
+    VaeModel *mc = NULL, *mg = NULL;
+    CHECK_RC(vae_create_random(err, &cpu, &cfg, 5, &mc), err);
+    CHECK_RC(vae_create_random(err, &gpu, &cfg, 5, &mg), err);
+    if (!mc || !mg) { vae_destroy(&mc); vae_destroy(&mg); return; }
+    const int B = 1, H = 48, W = 32, z = cfg.z_dim;
+    const size_t np = (size_t)B * 3 * H * W, nl = (size_t)B * z * (H / 8) * (W / 8);
+    float *px = malloc(np * 4), *m1 = malloc(nl * 4), *l1 = malloc(nl * 4), *m2 = malloc(nl * 4), *l2 = malloc(nl * 4);
+    rng_uniform_cpu(px, np, 11, 0, 0);
+    for (size_t i = 0; i < np; i++) px[i] = bf16_to_f32(f32_to_bf16(2 * px[i] - 1));
+    CHECK_RC(vae_encode(err, mc, px, B, H, W, m1, l1), err);
+    CHECK_RC(vae_encode(err, mg, px, B, H, W, m2, l2), err);
+    double em = rel_err_(m2, m1, nl), el = rel_err_(l2, l1, nl);
+    printf("  real config, random weights, 48x32: cuda vs cpu mean rel err %.3g, logvar %.3g\n", em, el);
+    CHECK(em < 5e-2 && el < 5e-2);
+    free(px); free(m1); free(l1); free(m2); free(l2);
+    vae_destroy(&mc);
+    vae_destroy(&mg);
+}
+
+int main(void) {
+    if (opctx_init(err, &cpu, "cpu") || opctx_init(err, &gpu, "cuda")) {
+        fprintf(stderr, "test_vae_gpu: %s\n", err);
+        return 1;
+    }
+    TEST_RUN(test_conv2d_gpu);
+    TEST_RUN(test_rmsnorm_gpu);
+    TEST_RUN(test_attention_gpu);
+    TEST_RUN(test_layout_gpu);
+    TEST_RUN(test_golden_gpu);
+    TEST_RUN(test_real_config_gpu);
+    opctx_free(&gpu);
+    opctx_free(&cpu);
+    return TEST_DONE();
+}
