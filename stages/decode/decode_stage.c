@@ -128,6 +128,11 @@ void dec_sample_id(const DecodeOpts *o, const MetaEntry *e, double d, char out[6
     snprintf(v, sizeof v, "%d", o->sample_size);
     sha_field_(&s, "image_sample_size", v);
     sha_field_(&s, "enable_bucket", o->enable_bucket ? "1" : "0");
+    if ((o->vae_area && o->vae_area != BUCKET_VAE_AREA) || (o->cond_area && o->cond_area != BUCKET_COND_AREA)) {
+        /* only non-default areas enter the id, so ids made with the reference's sizes are stable */
+        snprintf(v, sizeof v, "%lld/%lld", (long long)o->vae_area, (long long)o->cond_area);
+        sha_field_(&s, "source_areas", v);
+    }
     snprintf(v, sizeof v, "%.17g", d);
     sha_field_(&s, "downscale", v);
     sha_field_(&s, "target", e->file_path);
@@ -287,8 +292,8 @@ static int source_tensors_(char *err, const DecodeOpts *o, const Image *im, int 
         return lanczos_tensor_(err, im, w, h, r, name);
     }
     int64_t vw, vh, cw, ch;
-    bucket_calc_dims(BUCKET_VAE_AREA, im->w, im->h, &vw, &vh);
-    bucket_calc_dims(BUCKET_COND_AREA, im->w, im->h, &cw, &ch);
+    bucket_calc_dims(o->vae_area ? o->vae_area : BUCKET_VAE_AREA, im->w, im->h, &vw, &vh);
+    bucket_calc_dims(o->cond_area ? o->cond_area : BUCKET_COND_AREA, im->w, im->h, &cw, &ch);
     if (vw <= 0 || vh <= 0 || cw <= 0 || ch <= 0) {
         /* the reference's PIL resize raises on a zero side: the sample never trains */
         qie_seterr(err, "source %d: aspect ratio %dx%d too extreme: resize sizes %lldx%lld / %lldx%lld",
@@ -358,6 +363,8 @@ int dec_build_sample(char *err, const DecodeOpts *o, int64_t index, const char *
         (rc = rec_set_attr_int(r, "cfg.image_sample_size", o->sample_size)) ||
         (rc = rec_set_attr_int(r, "cfg.enable_bucket", o->enable_bucket)) ||
         (rc = rec_set_attr_str(r, "cfg.resize", DEC_RESIZE_ID)) ||
+        (rc = rec_set_attr_int(r, "cfg.vae_image_area", o->vae_area ? o->vae_area : BUCKET_VAE_AREA)) ||
+        (rc = rec_set_attr_int(r, "cfg.condition_image_area", o->cond_area ? o->cond_area : BUCKET_COND_AREA)) ||
         (rc = rec_set_attr_float(r, "downscale", d)) ||
         (rc = rec_set_attr_int(r, "target_h", im.h)) || (rc = rec_set_attr_int(r, "target_w", im.w)) ||
         (rc = rec_set_attr_int(r, "resize_h", tp.resize_h)) ||

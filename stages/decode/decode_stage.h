@@ -43,6 +43,8 @@ typedef struct {
     const double *hw_draws;   /* borrowed: injected down-scale factor per metadata index, or NULL */
     int64_t n_hw_draws;
     int64_t max_pixels;       /* decoded images and resize sizes above this are rejected */
+    int64_t vae_area;         /* edit_plus source VAE-input area (reference: 1024*1024) */
+    int64_t cond_area;        /* edit_plus source condition-image area (reference: 384*384) */
     const char *data_root;    /* --train_data_dir; NULL when absent */
 } DecodeOpts;
 

@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
     const char *meta_path = NULL, *data_dir = NULL, *train_mode = NULL, *draws_path = NULL;
     const char *shard = NULL, *out_url = NULL, *rejects_path = NULL, *log_level = NULL;
-    int64_t sample_size = 512, seed = -1, max_pixels = 0, jobs = 1;
+    int64_t sample_size = 512, seed = -1, max_pixels = 0, jobs = 1, vae_area = 0, cond_area = 0;
     int enable_bucket = 0, hw_adapt = 0, strict = 0, progress = 1, random_ratio_crop = 0;
     CliStrs fix_sample_size = {0};
     const CliOpt opts[] = {
@@ -56,6 +56,8 @@ int main(int argc, char **argv) {
         {"seed", CLI_INT, &seed, "-1", "seed of the --random_hw_adapt draws (-1: draw one and log it)", -1, 9.2e18},
         {"hw_adapt_draws", CLI_STR, &draws_path, NULL, "safetensors with random_hw_adapt [N] f64: d per metadata index (golden tests)", 0, 0},
         {"max_pixels", CLI_INT, &max_pixels, "178956970", "reject images (and cover resizes) above this many pixels (Pillow's bomb limit)", 1, 9e18},
+        {"vae_image_area", CLI_INT, &vae_area, "1048576", "edit_plus: pixel area of each source's VAE input (the reference's 1024*1024; smaller only for quick CPU runs)", 1024, 1e9},
+        {"condition_image_area", CLI_INT, &cond_area, "147456", "edit_plus: pixel area of each source's condition image for the text encoder (the reference's 384*384)", 1024, 1e9},
         {"jobs", CLI_INT, &jobs, "1", "decode threads (also -j N); output order is unspecified when > 1", 1, 1024},
         {"shard", CLI_STR, &shard, "0/1", "i/n: take the entries whose index % n == i", 0, 0},
         {"out", CLI_STR, &out_url, "-", "where records go: -, FILE, tcp://, ipc://", 0, 0},
@@ -104,6 +106,8 @@ int main(int argc, char **argv) {
     run.opts.enable_bucket = enable_bucket;
     run.opts.random_hw_adapt = hw_adapt;
     run.opts.max_pixels = max_pixels;
+    run.opts.vae_area = vae_area;
+    run.opts.cond_area = cond_area;
     run.opts.data_root = data_dir;
     run.jobs = (int)jobs;
     if (!meta_path) { log_error("--train_data_meta is required"); return 2; }
