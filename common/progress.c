@@ -37,16 +37,21 @@ static void print_(Progress *p, int final) {
         char e[32];
         fmt_eta_(eta, e, sizeof e);
         if (p->total)
-            fprintf(stderr, "\r%s: %llu/%llu (%.1f%%) %.2f/s ETA %s   ", p->what, (unsigned long long)p->done,
-                    (unsigned long long)p->total, 100.0 * p->done / p->total, rate, e);
+            fprintf(stderr, "\r%s: %llu/%llu (%.1f%%) %.2f/s ETA %s %s  ", p->what, (unsigned long long)p->done,
+                    (unsigned long long)p->total, 100.0 * p->done / p->total, rate, e, p->note);
         else
-            fprintf(stderr, "\r%s: %llu %.2f/s   ", p->what, (unsigned long long)p->done, rate);
+            fprintf(stderr, "\r%s: %llu %.2f/s %s  ", p->what, (unsigned long long)p->done, rate, p->note);
         if (final) fputc('\n', stderr);
     } else {
-        fprintf(stderr, "{\"progress\":\"%s\",\"done\":%llu,\"total\":%llu,\"rate\":%.3f,\"eta_s\":%.1f,\"elapsed_s\":%.1f%s}\n",
-                p->what, (unsigned long long)p->done, (unsigned long long)p->total, rate, eta, el, final ? ",\"final\":true" : "");
+        fprintf(stderr, "{\"progress\":\"%s\",\"done\":%llu,\"total\":%llu,\"rate\":%.3f,\"eta_s\":%.1f,\"elapsed_s\":%.1f%s%s%s%s}\n",
+                p->what, (unsigned long long)p->done, (unsigned long long)p->total, rate, eta, el, final ? ",\"final\":true" : "",
+                p->note[0] ? ",\"note\":\"" : "", p->note, p->note[0] ? "\"" : "");
     }
     fflush(stderr);
+}
+
+void progress_set_note(Progress *p, const char *note) {
+    snprintf(p->note, sizeof p->note, "%s", note ? note : "");
 }
 
 void progress_update(Progress *p, uint64_t done) {

@@ -19,11 +19,14 @@ typedef struct {
     double every_s;
     int tty;
     int enabled;
+    char note[96]; /* shown after the counts: "loss 0.123 lr 1e-4" */
 } Progress;
 
 /* Caller-owned. enabled=0 makes every call a no-op (e.g. --quiet). */
 void progress_init(Progress *p, const char *what, uint64_t total, int enabled);
 void progress_update(Progress *p, uint64_t done);
+/* Sets the note shown with the next line (copied; NULL clears it). */
+void progress_set_note(Progress *p, const char *note);
 /* Prints the final line (always, when enabled) and a newline on a terminal. */
 void progress_end(Progress *p);
 double progress_now(void); /* monotonic seconds */

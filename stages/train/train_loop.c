@@ -1,0 +1,785 @@
+/* train_loop.c: the run (train.h). Setup, then per optimizer step:
+ *   1. the step's micro-batches: min(GA, batches left in the epoch) of them (decisions.md: the
+ *      epoch-end partial group is averaged over the micro-batches it really has);
+ *   2. per micro-batch: load and validate the samples, draw, build the objective (objective.c),
+ *      run the DiT on each group of samples sharing image shapes, loss gradient into the DiT's
+ *      backward, scaled 1/(B·N_tgt·64·k) so the gradients are the reference's mean;
+ *   3. global norm of the trainable gradients, the plain-mode clipping threshold
+ *      (decisions.md), AdamW on the fp32 master with the clip factor folded in, LR schedule;
+ *   4. logs, progress, checkpoint.
+ * Exact resume: the state is (master, m, v, global_step, micro, epoch, batch_pos, seed); every
+ * random draw is a pure function of (seed, micro-batch slot), the data order of (seed, epoch). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "adamw.h"
+#include "err.h"
+#include "global_norm.h"
+#include "log.h"
+#include "progress.h"
+#include "safetensors.h"
+#include "train.h"
+
+typedef struct {
+    size_t off, size;
+    int group; /* 0: learning_rate, 1: learning_rate / 2 */
+} Segment;
+
+typedef struct {
+    void *p;
+    size_t cap;
+} DevBuf;
+
+typedef struct {
+    const TrainConfig *cfg;
+    OpCtx ctx;
+    int round;                 /* compute dtype is bf16: round where the reference's tensors are bf16 */
+    Dit *dit;
+    char *config_json;
+    float *h_master, *h_m, *h_v; /* host copies (CPU: the live buffers) */
+    float *d_master, *d_m, *d_v;
+    float *scratch;
+    Segment *seg;
+    int nseg;
+    Dataset *ds;
+    Draws *drw;
+    SmpEpoch ep;
+    TrainState st;
+    int64_t M;                 /* optimizer steps of the run (LR horizon) */
+    double base_lr;
+    int T;
+    float *sig, *ts;           /* σ grid and timesteps for sig_L */
+    int64_t sig_L;
+    DevBuf dx, dtxt, dgrad;
+    TbWriter *tb;
+    FILE *jsonl;
+    Progress prog;
+    char last_ckpt[4400];
+    char **bad_ids;            /* reported once each */
+    size_t nbad;
+} Trainer;
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static void *devbuf_(Trainer *t, DevBuf *b, size_t bytes) {
+    if (bytes > b->cap) {
+        op_free(&t->ctx, b->p);
+        b->p = op_alloc(&t->ctx, bytes);
+        b->cap = bytes;
+    }
+    return b->p;
+}
+
+static int matches_(const char *name, const CliStrs *s) {
+    for (int i = 0; i < s->n; i++)
+        if (strstr(name, s->v[i])) return 1;
+    return 0;
+}
+
+/* trainable segments in buffer order (each tensor extended over the padding after it) */
+static int segments_(char *err, Trainer *t) {
+    const DitLayout *lay = &t->dit->lay;
+    const TrainConfig *c = t->cfg;
+    CliStrs all = {1, {"."}};
+    const CliStrs *g0 = c->trainable_modules.n ? &c->trainable_modules : &all;
+    t->seg = calloc((size_t)lay->ntensors, sizeof *t->seg);
+    if (!t->seg) return QIE_ENOMEM;
+    size_t ntrain = 0, nlow = 0;
+    for (int k = 0; k < lay->ntensors; k++) {
+        const DitTensorInfo *ti = &lay->tensors[k];
+        int g = matches_(ti->name, g0) ? 0 : matches_(ti->name, &c->trainable_modules_low_learning_rate) ? 1 : -1;
+        if (g < 0) continue;
+        size_t end = k + 1 < lay->ntensors ? lay->tensors[k + 1].offset : lay->num_params;
+        ntrain += ti->numel;
+        if (g == 1) nlow += ti->numel;
+        Segment *s = t->nseg ? &t->seg[t->nseg - 1] : NULL;
+        if (s && s->group == g && s->off + s->size == ti->offset) s->size = end - s->off;
+        else t->seg[t->nseg++] = (Segment){ti->offset, end - ti->offset, g};
+    }
+    if (!ntrain) {
+        qie_seterr(err, "--trainable_modules: no parameter name contains any of the given substrings");
+        return QIE_EINVAL;
+    }
+    log_info0("trainable: %zu of %zu parameters (%zu at learning_rate/2), %d segment(s)", ntrain, lay->num_real, nlow,
+              t->nseg);
+    return 0;
+}
+
+static const float *sigmas_for_(Trainer *t, int64_t L) {
+    if (L != t->sig_L) {
+        sch_sigmas(t->sig, t->ts, t->T, L);
+        t->sig_L = L;
+    }
+    return t->sig;
+}
+
+static void report_bad_(Trainer *t, const char *id, const char *why) {
+    for (size_t i = 0; i < t->nbad; i++)
+        if (!strcmp(t->bad_ids[i], id)) return;
+    char **b = realloc(t->bad_ids, sizeof *b * (t->nbad + 1));
+    if (b) {
+        t->bad_ids = b;
+        b[t->nbad++] = strdup(id);
+    }
+    log_warn("sample %s skipped: %s", id, why);
+}
+
+/* ---- one micro-batch ----------------------------------------------------------------------- */
+
+typedef struct {
+    int ok;
+    int N, Ntot;           /* target tokens, all image tokens */
+    float *x;              /* [Ntot, 64] model input: x_σ then the packed sources */
+    float *v;              /* [N, 64] target */
+    float sigma_w;         /* loss weight */
+    float tmodel;          /* t/1000 */
+    int64_t idx;
+    const float *txt;      /* borrowed from the sample */
+    int L;
+} Prepared;
+
+static int prepare_(char *err, Trainer *t, Sample *s, int64_t m, int b, uint64_t slot, int stratum, int nstrata,
+                    Prepared *p) {
+    const TrainConfig *c = t->cfg;
+    const int C = TRAIN_LATENT_CH, F = 4 * C;
+    int rc;
+    p->N = (s->h / 2) * (s->w / 2);
+    p->Ntot = p->N;
+    for (int k = 0; k < s->nsrc; k++) p->Ntot += (s->sh[k] / 2) * (s->sw[k] / 2);
+    size_t big = (size_t)C * s->h * s->w;
+    for (int k = 0; k < s->nsrc; k++)
+        if ((size_t)C * s->sh[k] * s->sw[k] > big) big = (size_t)C * s->sh[k] * s->sw[k];
+    float *eps = malloc(sizeof *eps * big), *lat = malloc(sizeof *lat * big), *x0 = malloc(sizeof *x0 * (size_t)p->N * F),
+          *noise = malloc(sizeof *noise * (size_t)p->N * F);
+    p->x = malloc(sizeof *p->x * (size_t)p->Ntot * F);
+    p->v = malloc(sizeof *p->v * (size_t)p->N * F);
+    if (!eps || !lat || !x0 || !noise || !p->x || !p->v) {
+        rc = QIE_ENOMEM;
+        qie_seterr(err, "out of memory");
+        goto done;
+    }
+    /* 1. target latent: posterior sample, normalise, bf16, pack (train_edit.py order: VAE sample
+     *    first, then ε, then the index) */
+    if ((rc = drw_normal(err, t->drw, DRW_POST, slot, 0, m, b, eps, (size_t)C * s->h * s->w))) goto done;
+    obj_latent(lat, s->mean, s->logvar, eps, C, s->h, s->w);
+    obj_round(lat, (size_t)C * s->h * s->w, t->round);
+    obj_pack(x0, lat, C, s->h, s->w);
+    /* 2. sources, clean, after the target tokens */
+    size_t off = (size_t)p->N * F;
+    for (int k = 0; k < s->nsrc; k++) {
+        size_t n = (size_t)C * s->sh[k] * s->sw[k];
+        if ((rc = drw_normal(err, t->drw, DRW_POST, slot, 1 + k, m, b, eps, n))) goto done;
+        obj_latent(lat, s->smean[k], s->slogvar[k], eps, C, s->sh[k], s->sw[k]);
+        obj_round(lat, n, t->round);
+        obj_pack(p->x + off, lat, C, s->sh[k], s->sw[k]);
+        off += n;
+    }
+    /* 3. ε, generated in the compute dtype */
+    if ((rc = drw_normal(err, t->drw, DRW_NOISE, slot, 0, m, b, noise, (size_t)p->N * F))) goto done;
+    obj_round(noise, (size_t)p->N * F, t->round);
+    /* 4. the σ index */
+    if (drw_replaying(t->drw)) {
+        if ((rc = drw_sigma_index(err, t->drw, m, b, &p->idx))) goto done;
+    } else if (c->uniform_sampling) {
+        /* decisions.md: stratified over the step's samples, strata shuffled each step */
+        double u = drw_uniform(t->drw, DRW_SIGMA_U, slot);
+        p->idx = (int64_t)floor((stratum + u) * (double)t->T / nstrata);
+    } else {
+        double u0 = drw_uniform(t->drw, DRW_SIGMA_U, slot), z = 0.0;
+        if (c->weighting_scheme == WS_LOGIT_NORMAL) {
+            float zf;
+            drw_normal(err, t->drw, DRW_SIGMA_Z, slot, 0, m, b, &zf, 1);
+            z = zf;
+        }
+        double u = sch_density(c->weighting_scheme, u0, z, c->logit_mean, c->logit_std, c->mode_scale);
+        p->idx = (int64_t)(u * 1000.0); /* num_train_timesteps, as the reference (§4.5) */
+    }
+    if (p->idx < 0) p->idx = 0;
+    if (p->idx >= t->T) p->idx = t->T - 1;
+    const float *sig = sigmas_for_(t, p->N);
+    float sigma = sig[p->idx];
+    if (t->round) sigma = bf16_to_f32(f32_to_bf16(sigma));
+    p->tmodel = t->ts[p->idx] / 1000.0f;
+    p->sigma_w = sch_weight(c->weighting_scheme, sigma);
+    /* 5. x_σ and v */
+    obj_noisy(p->x, p->v, x0, noise, sigma, (size_t)p->N * F, t->round);
+    /* 6. caption dropout from the cached empty-prompt embedding */
+    int drop = 0;
+    if (drw_replaying(t->drw)) {
+        if (c->text_drop_ratio > 0 && (rc = drw_text_drop(err, t->drw, m, b, &drop))) goto done;
+    } else if (c->text_drop_ratio > 0) {
+        drop = drw_uniform(t->drw, DRW_DROP, slot) < c->text_drop_ratio;
+    }
+    if (drop && !s->txt_empty) {
+        rc = QIE_EFORMAT;
+        qie_seterr(err, "no prompt_embeds_empty for caption dropout");
+        goto done;
+    }
+    p->txt = drop ? s->txt_empty : s->txt;
+    p->L = drop ? s->L_empty : s->L;
+    p->ok = 1;
+done:
+    free(eps);
+    free(lat);
+    free(x0);
+    free(noise);
+    return rc;
+}
+
+static void prepared_free_(Prepared *p) {
+    free(p->x);
+    free(p->v);
+    memset(p, 0, sizeof *p);
+}
+
+static int same_images_(const Sample *a, const Sample *b) {
+    if (a->h != b->h || a->w != b->w || a->nsrc != b->nsrc) return 0;
+    for (int k = 0; k < a->nsrc; k++)
+        if (a->sh[k] != b->sh[k] || a->sw[k] != b->sw[k]) return 0;
+    return 1;
+}
+
+/* Runs one micro-batch; *loss gets its mean loss, *nvalid the samples used. */
+static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, int k, const int *strata, int nstrata,
+                  double *loss, int *nvalid) {
+    const TrainConfig *c = t->cfg;
+    const int64_t m = t->st.micro;
+    const int F = 4 * TRAIN_LATENT_CH, J = t->dit->cfg.joint_dim, OD = t->dit->cfg.out_dim;
+    Sample *s = calloc((size_t)B, sizeof *s);
+    Prepared *p = calloc((size_t)B, sizeof *p);
+    int *done = calloc((size_t)B, sizeof *done), rc = 0, nv = 0;
+    float *h_x = NULL, *h_txt = NULL, *h_mask = NULL, *h_t = NULL, *h_out = NULL, *h_d = NULL;
+    *loss = 0.0;
+    if (!s || !p || !done) {
+        rc = QIE_ENOMEM;
+        goto done;
+    }
+    for (int b = 0; b < B; b++) {
+        char why[QIE_ERR_LEN];
+        uint64_t slot = (uint64_t)m * (uint64_t)c->train_batch_size * (uint64_t)c->world +
+                        (uint64_t)c->rank * (uint64_t)c->train_batch_size + (uint64_t)b;
+        int r2 = ds_load(why, t->ds, items[b], &s[b]);
+        if (!r2) r2 = prepare_(why, t, &s[b], m, b, slot, strata ? strata[j * B + b] : 0, nstrata, &p[b]);
+        if (r2 == QIE_ENOMEM || (r2 && drw_replaying(t->drw) && r2 != QIE_EFORMAT)) {
+            snprintf(err, QIE_ERR_LEN, "%s", why);
+            rc = r2;
+            goto done;
+        }
+        if (r2) report_bad_(t, ds_id(t->ds, items[b]), why);
+        else nv++;
+    }
+    *nvalid = nv;
+    if (!nv) goto done;
+    int N = 0;
+    for (int b = 0; b < B; b++)
+        if (p[b].ok) N = p[b].N;
+    const float scale = 1.0f / ((float)nv * (float)N * (float)F * (float)k);
+    /* groups of samples with identical image shapes go through the DiT together */
+    for (int b0 = 0; b0 < B; b0++) {
+        if (!p[b0].ok || done[b0]) continue;
+        int grp[4096], G = 0, Lmax = 0, Lmin = 1 << 30;
+        for (int b = b0; b < B && G < 4096; b++)
+            if (p[b].ok && !done[b] && same_images_(&s[b0], &s[b])) {
+                grp[G++] = b;
+                done[b] = 1;
+                if (p[b].L > Lmax) Lmax = p[b].L;
+                if (p[b].L < Lmin) Lmin = p[b].L;
+            }
+        const int Ntot = p[b0].Ntot;
+        DitShape sh = {.B = G, .N_txt = Lmax, .n_images = 1 + s[b0].nsrc};
+        sh.img_shapes[0][0] = 1;
+        sh.img_shapes[0][1] = s[b0].h / 2;
+        sh.img_shapes[0][2] = s[b0].w / 2;
+        for (int q = 0; q < s[b0].nsrc; q++) {
+            sh.img_shapes[1 + q][0] = 1;
+            sh.img_shapes[1 + q][1] = s[b0].sh[q] / 2;
+            sh.img_shapes[1 + q][2] = s[b0].sw[q] / 2;
+        }
+        h_x = realloc(h_x, sizeof *h_x * (size_t)G * Ntot * F);
+        h_txt = calloc((size_t)G * Lmax * J, sizeof *h_txt);
+        h_mask = malloc(sizeof *h_mask * (size_t)G * Lmax);
+        h_t = realloc(h_t, sizeof *h_t * (size_t)G);
+        h_out = realloc(h_out, sizeof *h_out * (size_t)G * Ntot * OD);
+        h_d = realloc(h_d, sizeof *h_d * (size_t)G * Ntot * OD);
+        if (!h_x || !h_txt || !h_mask || !h_t || !h_out || !h_d) {
+            rc = QIE_ENOMEM;
+            qie_seterr(err, "out of memory");
+            goto done;
+        }
+        for (int g = 0; g < G; g++) {
+            const Prepared *pp = &p[grp[g]];
+            memcpy(h_x + (size_t)g * Ntot * F, pp->x, sizeof *h_x * (size_t)Ntot * F);
+            memcpy(h_txt + (size_t)g * Lmax * J, pp->txt, sizeof *h_txt * (size_t)pp->L * J);
+            for (int l = 0; l < Lmax; l++) h_mask[(size_t)g * Lmax + l] = l < pp->L ? 1.0f : 0.0f;
+            h_t[g] = pp->tmodel;
+        }
+        const size_t es = op_act_size(&t->ctx);
+        void *d_x = devbuf_(t, &t->dx, (size_t)G * Ntot * F * es), *d_txt = devbuf_(t, &t->dtxt, (size_t)G * Lmax * J * es);
+        op_upload_act(&t->ctx, d_x, h_x, (size_t)G * Ntot * F);
+        op_upload_act(&t->ctx, d_txt, h_txt, (size_t)G * Lmax * J);
+        const void *d_out = NULL;
+        if ((rc = dit_forward(err, t->dit, &sh, d_x, d_txt, Lmin == Lmax ? NULL : h_mask, h_t, &d_out))) goto done;
+        op_download_act(&t->ctx, h_out, d_out, (size_t)G * Ntot * OD);
+        memset(h_d, 0, sizeof *h_d * (size_t)G * Ntot * OD);
+        for (int g = 0; g < G; g++) {
+            const Prepared *pp = &p[grp[g]];
+            /* v̂ = output[:, :N_tgt] (out_dim = 64 = the packed latent width) */
+            double sse = obj_loss(h_d + (size_t)g * Ntot * OD, h_out + (size_t)g * Ntot * OD, pp->v, pp->sigma_w,
+                                  (size_t)pp->N * F, scale);
+            *loss += sse / ((double)nv * N * F);
+        }
+        void *d_grad = devbuf_(t, &t->dgrad, (size_t)G * Ntot * OD * es);
+        op_upload_act(&t->ctx, d_grad, h_d, (size_t)G * Ntot * OD);
+        if ((rc = dit_backward(err, t->dit, d_grad, NULL, NULL))) goto done;
+        free(h_txt);
+        free(h_mask);
+        h_txt = h_mask = NULL;
+    }
+done:
+    for (int b = 0; b < B && s && p; b++) {
+        sample_free(&s[b]);
+        prepared_free_(&p[b]);
+    }
+    free(s);
+    free(p);
+    free(done);
+    free(h_x);
+    free(h_txt);
+    free(h_mask);
+    free(h_t);
+    free(h_out);
+    free(h_d);
+    return rc;
+}
+
+/* ---- one optimizer step -------------------------------------------------------------------- */
+
+typedef struct {
+    double loss, norm, clip_threshold, coef, lr, seconds;
+    int samples;
+} StepInfo;
+
+static int next_epoch_(char *err, Trainer *t) {
+    const TrainConfig *c = t->cfg;
+    int rc = smp_epoch_build(err, &t->ep, ds_items(t->ds), ds_count(t->ds), (int)c->train_batch_size,
+                             t->st.seed, t->st.epoch, c->rank, c->world);
+    if (!rc && !t->ep.nbatches) {
+        qie_seterr(err, "epoch %lld has no batch: %u usable records cannot fill a batch of %lld in any bucket "
+                   "(x %d ranks)\nhint: lower --train_batch_size", (long long)t->st.epoch, ds_count(t->ds),
+                   (long long)c->train_batch_size, c->world);
+        rc = QIE_EINVAL;
+    }
+    return rc;
+}
+
+static int step_(char *err, Trainer *t, StepInfo *si) {
+    const TrainConfig *c = t->cfg;
+    double t0 = progress_now();
+    int rc;
+    if (t->st.batch_pos >= (int64_t)t->ep.nbatches) {
+        t->st.epoch++;
+        t->st.batch_pos = 0;
+        if ((rc = next_epoch_(err, t))) return rc;
+    }
+    const int B = (int)c->train_batch_size;
+    int64_t left = (int64_t)t->ep.nbatches - t->st.batch_pos;
+    int k = (int)(left < c->gradient_accumulation_steps ? left : c->gradient_accumulation_steps);
+    /* stratified σ: the step's k·B·world samples each get a stratum; this rank's are at
+     * (j·world + rank)·B + b of a Fisher–Yates permutation keyed by the step */
+    int nstrata = k * B * c->world, *strata = NULL;
+    if (c->uniform_sampling && !drw_replaying(t->drw)) {
+        int *perm = malloc(sizeof *perm * (size_t)nstrata);
+        strata = malloc(sizeof *strata * (size_t)k * B);
+        if (!perm || !strata) {
+            free(perm);
+            free(strata);
+            return QIE_ENOMEM;
+        }
+        for (int i = 0; i < nstrata; i++) perm[i] = i;
+        for (int i = nstrata - 1; i > 0; i--) {
+            int z = (int)(drw_u32(t->drw, DRW_STRATA, (uint64_t)t->st.global_step, (uint64_t)i) % (uint32_t)(i + 1));
+            int tmp = perm[i];
+            perm[i] = perm[z];
+            perm[z] = tmp;
+        }
+        for (int j = 0; j < k; j++)
+            for (int b = 0; b < B; b++) strata[j * B + b] = perm[(j * c->world + c->rank) * B + b];
+        free(perm);
+    }
+    dit_zero_grad(t->dit);
+    double loss = 0.0;
+    int keff = 0, samples = 0;
+    for (int j = 0; j < k; j++) {
+        size_t bi = (size_t)(t->st.batch_pos + j);
+        double l = 0.0;
+        int nv = 0;
+        rc = micro_(err, t, t->ep.idx + t->ep.off[bi], (int)(t->ep.off[bi + 1] - t->ep.off[bi]), j, k, strata, nstrata,
+                    &l, &nv);
+        t->st.micro++;
+        if (rc) {
+            free(strata);
+            return rc;
+        }
+        if (nv) {
+            keff++;
+            loss += l;
+            samples += nv;
+        }
+    }
+    free(strata);
+    t->st.batch_pos += k;
+    if (!keff) {
+        log_warn("step %lld: every sample of its %d micro-batch(es) was skipped; no update", (long long)t->st.global_step + 1, k);
+        si->samples = 0;
+        return 0;
+    }
+    const double rescale = (double)k / keff; /* the gradients were scaled 1/k: average over what ran */
+    loss /= keff;
+    double sq = 0.0;
+    for (int i = 0; i < t->nseg; i++) sq += op_global_norm_squared(&t->ctx, t->scratch, t->dit->grads + t->seg[i].off, t->seg[i].size);
+    double norm = sqrt(sq) * rescale;
+    const char *dump = getenv("QIE_TRAIN_DUMP_GRADS"); /* debugging the golden tests: the first step's gradients */
+    if (dump && t->st.global_step == 0 && t->ctx.dev == QIE_DEV_CPU) {
+        StWriter *w = NULL;
+        char e2[QIE_ERR_LEN];
+        if (st_writer_create(e2, &w) || dit_writer_add(e2, w, &t->dit->lay, "grad.", QIE_DT_F32, t->dit->grads) ||
+            st_writer_write(e2, w, dump))
+            log_warn("QIE_TRAIN_DUMP_GRADS: %s", e2);
+        st_writer_destroy(&w);
+    }
+    si->loss = loss;
+    si->norm = norm;
+    if (!isfinite(loss) || !isfinite(norm)) {
+        qie_seterr(err, "%s is %s at step %lld (epoch %lld, micro-batch %lld)", isfinite(loss) ? "the gradient norm" : "the loss",
+                   isnan(isfinite(loss) ? norm : loss) ? "NaN" : "infinite", (long long)t->st.global_step + 1,
+                   (long long)t->st.epoch, (long long)t->st.micro);
+        return TRAIN_ENONFINITE;
+    }
+    /* clipping (decisions.md: the plain-mode rule on every backend); torch clip_grad_norm_ */
+    double coef = 1.0, thr = 0.0;
+    if (c->max_grad_norm > 0) {
+        thr = sch_clip_threshold(c->max_grad_norm, (double)c->initial_grad_norm_ratio, c->abnormal_norm_clip_start,
+                                 t->st.global_step, norm);
+        coef = thr / (norm + 1e-6);
+        if (coef > 1.0) coef = 1.0;
+    }
+    /* torch multiplies in fp32 twice when both apply; one product is within an ulp of that */
+    double gscale = rescale == 1.0 ? (double)(float)coef : (double)((float)rescale * (float)coef);
+    double lam = sch_lr_lambda(c->lr_scheduler, t->st.global_step, c->lr_warmup_steps, t->M, t->base_lr);
+    const size_t es = op_act_size(&t->ctx);
+    for (int i = 0; i < t->nseg; i++) {
+        const Segment *sg = &t->seg[i];
+        double lr = t->base_lr * (sg->group ? 0.5 : 1.0) * lam;
+        AdamWArgs a;
+        adamw_args(&a, lr, c->adam_beta1, c->adam_beta2, c->adam_epsilon, c->adam_weight_decay, (long)t->st.global_step + 1,
+                   gscale);
+        op_adamw_update(&t->ctx, t->d_master + sg->off, (char *)t->dit->params + sg->off * es, t->dit->grads + sg->off,
+                        t->d_m + sg->off, t->d_v + sg->off, sg->size, &a);
+    }
+    op_sync(&t->ctx);
+    t->st.global_step++;
+    si->coef = coef;
+    si->clip_threshold = thr;
+    si->lr = t->base_lr * lam;
+    si->samples = samples;
+    si->seconds = progress_now() - t0;
+    return 0;
+}
+
+/* ---- checkpoints --------------------------------------------------------------------------- */
+
+static void host_state_(Trainer *t) {
+    if (t->ctx.dev == QIE_DEV_CPU) return;
+    size_t n = t->dit->lay.num_params;
+    op_download_f32(&t->ctx, t->h_master, t->d_master, n);
+    op_download_f32(&t->ctx, t->h_m, t->d_m, n);
+    op_download_f32(&t->ctx, t->h_v, t->d_v, n);
+}
+
+static int save_(char *err, Trainer *t) {
+    const TrainConfig *c = t->cfg;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/checkpoint-%lld", c->output_dir, (long long)t->st.global_step);
+    if (ckpt_complete(path) && !strcmp(path, t->last_ckpt)) return 0; /* this state is saved already */
+    int rc = ckpt_prune(err, c->output_dir, c->checkpoints_total_limit);
+    if (rc) return rc;
+    host_state_(t);
+    char extra[1024];
+    snprintf(extra, sizeof extra,
+             "{\"learning_rate\": %.9g, \"lr_scheduler\": %d, \"lr_warmup_steps\": %lld, \"max_grad_norm\": %.9g, "
+             "\"device\": \"%s\"}",
+             t->base_lr, (int)c->lr_scheduler, (long long)c->lr_warmup_steps, c->max_grad_norm, opctx_device_name(&t->ctx));
+    double t0 = progress_now();
+    if ((rc = ckpt_save(err, c->output_dir, t->config_json, &t->dit->lay, t->h_master, t->h_m, t->h_v, &t->st,
+                        c->max_shard_size, extra)))
+        return rc;
+    snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
+    log_info0("saved %s (%.1f s)", path, progress_now() - t0);
+    return 0;
+}
+
+/* ---- setup --------------------------------------------------------------------------------- */
+
+static int load_model_(char *err, Trainer *t) {
+    const TrainConfig *c = t->cfg;
+    DitConfig dc;
+    int rc = dit_config_load(err, c->model, &dc);
+    if (rc) return rc;
+    char cfgp[4200], wdir[4096];
+    snprintf(wdir, sizeof wdir, "%.4000s/transformer", c->model);
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", wdir);
+    FILE *f = fopen(cfgp, "r");
+    if (f) fclose(f);
+    else snprintf(wdir, sizeof wdir, "%s", c->model);
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", wdir);
+    if (!(t->config_json = train_read_file(err, cfgp, NULL))) return QIE_ENOTFOUND;
+    if (dc.out_channels != TRAIN_LATENT_CH || dc.out_dim != 4 * TRAIN_LATENT_CH || dc.in_channels != 4 * TRAIN_LATENT_CH) {
+        qie_seterr(err, "%s: in_channels %d / out_channels %d; the trainer needs 64 / 16 (VAE latents of 16 channels)",
+                   cfgp, dc.in_channels, dc.out_channels);
+        return QIE_EUNSUPPORTED;
+    }
+    if ((rc = dit_create(err, &t->ctx, &dc, 1, c->gradient_checkpointing, &t->dit))) return rc;
+    size_t n = t->dit->lay.num_params;
+    t->h_master = calloc(n, sizeof(float));
+    t->h_m = calloc(n, sizeof(float));
+    t->h_v = calloc(n, sizeof(float));
+    if (!t->h_master || !t->h_m || !t->h_v) return QIE_ENOMEM;
+    StModel *st = NULL;
+    const char *src = c->transformer_path ? c->transformer_path : wdir;
+    if ((rc = st_model_open(err, src, &st))) return rc;
+    rc = dit_load_weights(err, &t->dit->lay, st, t->h_master);
+    st_model_close(&st);
+    if (rc) qie_preferr(err, "weights %s", src);
+    return rc;
+}
+
+static uint64_t fresh_seed_(void) {
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    return s % 4294967296ull; /* torch-style seeds fit 32 bits of mt19937 */
+}
+
+static int resume_(char *err, Trainer *t) {
+    const TrainConfig *c = t->cfg;
+    if (!c->resume_from_checkpoint) return 0;
+    char path[4096];
+    int rc = ckpt_resolve(err, c->output_dir, c->resume_from_checkpoint, path, sizeof path);
+    if (rc == QIE_ENOTFOUND && !strcmp(c->resume_from_checkpoint, "latest")) {
+        log_info0("--resume_from_checkpoint latest: %s; starting a new run", err);
+        return 0;
+    }
+    if (rc) return rc;
+    TrainState s;
+    if ((rc = ckpt_load(err, path, &t->dit->lay, t->h_master, t->h_m, t->h_v, &s))) return rc;
+    if (s.train_batch_size != c->train_batch_size || s.world != c->world) {
+        qie_seterr(err, "%s was written with --train_batch_size %lld on %lld process(es); this run has %lld on %d\n"
+                   "hint: resume with the same batch size and process count", path, (long long)s.train_batch_size,
+                   (long long)s.world, (long long)c->train_batch_size, c->world);
+        return QIE_EMISMATCH;
+    }
+    if (s.data_fingerprint != t->st.data_fingerprint || s.data_count != t->st.data_count)
+        log_warn("%s was trained on other data (%u records then, %u now): the data order will not continue the "
+                 "old run's", path, s.data_count, t->st.data_count);
+    if (s.gradient_accumulation_steps != c->gradient_accumulation_steps)
+        log_warn("--gradient_accumulation_steps changed from %lld to %lld", (long long)s.gradient_accumulation_steps,
+                 (long long)c->gradient_accumulation_steps);
+    if (c->seed >= 0 && (uint64_t)c->seed != s.seed)
+        log_warn("--seed %lld differs from the checkpoint's %llu; the checkpoint's is used (exact resume)",
+                 (long long)c->seed, (unsigned long long)s.seed);
+    uint64_t fp = t->st.data_fingerprint;
+    uint32_t cnt = t->st.data_count;
+    t->st = s;
+    t->st.data_fingerprint = fp;
+    t->st.data_count = cnt;
+    snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
+    log_info0("resumed from %s: step %lld, epoch %lld, batch %lld of the epoch", path, (long long)s.global_step,
+              (long long)s.epoch, (long long)s.batch_pos);
+    return 0;
+}
+
+static void trainer_free_(Trainer *t) {
+    if (t->ctx.dev == QIE_DEV_CUDA) {
+        op_free(&t->ctx, t->d_master);
+        op_free(&t->ctx, t->d_m);
+        op_free(&t->ctx, t->d_v);
+    }
+    op_free(&t->ctx, t->scratch);
+    op_free(&t->ctx, t->dx.p);
+    op_free(&t->ctx, t->dtxt.p);
+    op_free(&t->ctx, t->dgrad.p);
+    dit_destroy(&t->dit);
+    free(t->h_master);
+    free(t->h_m);
+    free(t->h_v);
+    free(t->config_json);
+    free(t->seg);
+    free(t->sig);
+    free(t->ts);
+    ds_close(&t->ds);
+    drw_close(&t->drw);
+    smp_epoch_free(&t->ep);
+    tb_close(&t->tb);
+    if (t->jsonl) fclose(t->jsonl);
+    for (size_t i = 0; i < t->nbad; i++) free(t->bad_ids[i]);
+    free(t->bad_ids);
+    opctx_free(&t->ctx);
+}
+
+static void log_step_(Trainer *t, const StepInfo *si) {
+    const TrainConfig *c = t->cfg;
+    int64_t s = t->st.global_step;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double wall = ts.tv_sec + ts.tv_nsec * 1e-9, sps = si->seconds > 0 ? si->samples / si->seconds : 0;
+    char e[QIE_ERR_LEN];
+    if (t->tb) {
+        int rc = tb_scalar(e, t->tb, "train_loss", (float)si->loss, s, wall);
+        if (!rc) rc = tb_scalar(e, t->tb, "lr", (float)si->lr, s, wall);
+        if (!rc) rc = tb_scalar(e, t->tb, "grad_norm", (float)si->norm, s, wall);
+        if (!rc) rc = tb_scalar(e, t->tb, "samples_per_s", (float)sps, s, wall);
+        if (!rc && c->report_model_info) {
+            rc = tb_scalar(e, t->tb, "gradients/norm_sum", (float)si->norm, s, wall);
+            if (!rc) rc = tb_scalar(e, t->tb, "gradients/actual_max_grad_norm", (float)si->clip_threshold, s, wall);
+        }
+        if (!rc) rc = tb_flush(e, t->tb);
+        if (rc) {
+            log_warn("%s; TensorBoard logging stops", e);
+            tb_close(&t->tb);
+        }
+    }
+    if (t->jsonl) {
+        fprintf(t->jsonl,
+                "{\"step\":%lld,\"epoch\":%lld,\"loss\":%.8g,\"lr\":%.8g,\"grad_norm\":%.8g,\"max_grad_norm\":%.8g,"
+                "\"clip_coef\":%.8g,\"samples\":%d,\"samples_per_s\":%.4g,\"step_s\":%.4g,\"time\":%.3f}\n",
+                (long long)s, (long long)t->st.epoch, si->loss, si->lr, si->norm, si->clip_threshold, si->coef, si->samples,
+                sps, si->seconds, wall);
+        fflush(t->jsonl);
+    }
+}
+
+/* ---- the run ------------------------------------------------------------------------------- */
+
+int train_run(char *err, const TrainConfig *c) {
+    Trainer tr, *t = &tr;
+    memset(t, 0, sizeof *t);
+    t->cfg = c;
+    t->sig_L = -1;
+    int rc;
+    if ((rc = opctx_init(err, &t->ctx, c->device))) return rc;
+    t->round = t->ctx.act == QIE_DT_BF16;
+    if ((rc = load_model_(err, t))) goto done;
+    if ((rc = segments_(err, t))) goto done;
+    t->T = (int)c->train_sampling_steps;
+    t->sig = malloc(sizeof *t->sig * t->T);
+    t->ts = malloc(sizeof *t->ts * t->T);
+    if (!t->sig || !t->ts) {
+        rc = QIE_ENOMEM;
+        goto done;
+    }
+    if ((rc = ds_open(err, c->in_url, t->dit->cfg.joint_dim, c->plus, c->text_drop_ratio > 0 && !c->draws_path, &t->ds)))
+        goto done;
+    if (!ds_count(t->ds)) {
+        qie_seterr(err, "--in %s: no usable record", c->in_url);
+        rc = QIE_EINVAL;
+        goto done;
+    }
+    t->st.seed = c->seed >= 0 ? (uint64_t)c->seed : fresh_seed_();
+    t->st.data_fingerprint = ds_fingerprint(t->ds);
+    t->st.data_count = ds_count(t->ds);
+    t->st.train_batch_size = c->train_batch_size;
+    t->st.gradient_accumulation_steps = c->gradient_accumulation_steps;
+    t->st.world = c->world;
+    if ((rc = train_mkdirs(err, c->output_dir))) goto done;
+    if ((rc = ckpt_prune(err, c->output_dir, 0))) goto done; /* stale temp folders only */
+    if ((rc = resume_(err, t))) goto done;
+    if (c->seed < 0 && !t->last_ckpt[0]) log_info0("--seed not given: using %llu", (unsigned long long)t->st.seed);
+    if ((rc = drw_open(err, c->draws_path, t->st.seed, &t->drw))) goto done;
+    /* weights and optimizer state onto the device */
+    size_t n = t->dit->lay.num_params;
+    dit_set_params(t->dit, t->h_master);
+    if (t->ctx.dev == QIE_DEV_CPU) {
+        t->d_master = t->h_master;
+        t->d_m = t->h_m;
+        t->d_v = t->h_v;
+    } else {
+        t->d_master = op_alloc(&t->ctx, n * sizeof(float));
+        t->d_m = op_alloc(&t->ctx, n * sizeof(float));
+        t->d_v = op_alloc(&t->ctx, n * sizeof(float));
+        op_upload_f32(&t->ctx, t->d_master, t->h_master, n);
+        op_upload_f32(&t->ctx, t->d_m, t->h_m, n);
+        op_upload_f32(&t->ctx, t->d_v, t->h_v, n);
+    }
+    t->scratch = op_alloc(&t->ctx, (GLOBAL_NORM_BLOCKS + 1) * sizeof(float));
+    /* step accounting (trainer_behaviour.md §4.11; decisions.md: the horizon is the real count) */
+    if ((rc = smp_epoch_build(err, &t->ep, ds_items(t->ds), ds_count(t->ds), (int)c->train_batch_size, t->st.seed, 0,
+                              c->rank, c->world)))
+        goto done;
+    if (!t->ep.nbatches) {
+        if ((rc = next_epoch_(err, t))) goto done;
+    }
+    int64_t spe = ((int64_t)t->ep.nbatches + c->gradient_accumulation_steps - 1) / c->gradient_accumulation_steps;
+    t->M = c->max_train_steps >= 0 ? c->max_train_steps : c->num_train_epochs * spe;
+    t->st.max_train_steps = t->M;
+    t->base_lr = c->learning_rate * (c->scale_lr ? (double)(c->gradient_accumulation_steps * c->train_batch_size * c->world) : 1.0);
+    if ((rc = next_epoch_(err, t))) goto done; /* the current epoch (resume: the saved one) */
+    log_info0("%u records, %zu batch(es) of %lld per epoch, %lld step(s) per epoch, %lld step(s) in all (%lld epoch(s)), "
+              "lr %.3g, device %s", ds_count(t->ds), t->ep.nbatches, (long long)c->train_batch_size, (long long)spe,
+              (long long)t->M, (long long)((t->M + spe - 1) / spe), t->base_lr, opctx_device_name(&t->ctx));
+    /* logs */
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", c->output_dir, c->logging_dir);
+    if ((rc = train_mkdirs(err, p))) goto done;
+    if (c->report_tensorboard) {
+        snprintf(p, sizeof p, "%s/%s/%s", c->output_dir, c->logging_dir, c->tracker_project_name);
+        if ((rc = tb_open(err, p, &t->tb))) goto done;
+    }
+    snprintf(p, sizeof p, "%s/%s/metrics.jsonl", c->output_dir, c->logging_dir);
+    if (!(t->jsonl = fopen(p, "a"))) log_warn("cannot open %s: %s", p, strerror(errno));
+    int64_t start = t->st.global_step;
+    progress_init(&t->prog, "train", (uint64_t)(t->M > start ? t->M - start : 0), c->progress);
+    double run_t0 = progress_now(), first_loss = NAN, last_loss = NAN;
+    while (t->st.global_step < t->M) {
+        StepInfo si;
+        memset(&si, 0, sizeof si);
+        if ((rc = step_(err, t, &si))) {
+            if (rc == TRAIN_ENONFINITE)
+                qie_preferr(err, "stopping, nothing saved for this step (last checkpoint: %s)\nhint: lower "
+                            "--learning_rate or --max_grad_norm, check the data (qie-cache verify); error",
+                            t->last_ckpt[0] ? t->last_ckpt : "none");
+            goto done;
+        }
+        if (!si.samples) continue;
+        if (isnan(first_loss)) first_loss = si.loss;
+        last_loss = si.loss;
+        if (t->prog.tty) snprintf(t->prog.what, sizeof t->prog.what, "loss %.4f lr %.2e", si.loss, si.lr);
+        log_step_(t, &si);
+        progress_update(&t->prog, (uint64_t)(t->st.global_step - start));
+        if (!t->prog.tty)
+            log_debug("step %lld loss %.6f lr %.3e grad_norm %.4g", (long long)t->st.global_step, si.loss, si.lr, si.norm);
+        if (c->checkpointing_steps > 0 && t->st.global_step % c->checkpointing_steps == 0 && (rc = save_(err, t)))
+            goto done;
+        if (c->stop_after_steps > 0 && t->st.global_step - start >= c->stop_after_steps && t->st.global_step < t->M) {
+            progress_end(&t->prog);
+            if ((rc = save_(err, t))) goto done;
+            log_info0("--stop_after_steps %lld: leaving at step %lld of %lld; resume with --resume_from_checkpoint latest",
+                      (long long)c->stop_after_steps, (long long)t->st.global_step, (long long)t->M);
+            goto done;
+        }
+    }
+    progress_end(&t->prog);
+    /* the reference saves checkpoint-{global_step} once more at the end, then the weights */
+    if (t->st.global_step > start && (rc = save_(err, t))) goto done;
+    host_state_(t);
+    snprintf(p, sizeof p, "%s/transformer", c->output_dir);
+    if ((rc = ckpt_save_weights(err, p, t->config_json, &t->dit->lay, t->h_master, c->max_shard_size))) goto done;
+    log_info0("done: %lld step(s) in %.1f s, loss %.4g -> %.4g; weights in %s", (long long)(t->st.global_step - start),
+              progress_now() - run_t0, first_loss, last_loss, p);
+done:
+    trainer_free_(t);
+    return rc;
+}
