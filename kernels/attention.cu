@@ -1,5 +1,10 @@
-// attention.cu: CUDA twin of attention.c: flash-attention forward and backward (FlashAttention-2
-// structure) on bf16 tensor cores through WMMA (16x16x16, fp32 accumulation).
+// attention.cu: CUDA twin of attention.c: flash-attention forward and backward.
+//
+// Head dims 64 and 128 (the DiT's): attention_fa2.cuh, FlashAttention-2 kernels on mma.sync
+// m16n8k16 + ldmatrix + cp.async (swizzled, double-buffered tiles, scores and accumulators in
+// registers); the backward is deterministic (dK/dV kernel per key tile, separate dQ kernel per
+// query tile, no atomics). Other head dims (and QIE_ATT_IMPL=wmma) take the generic WMMA kernels
+// below (FlashAttention-2 structure, 16x16x16 fragments through shared memory):
 //
 //   forward  attention_forward_kernel1<DP>: block = 64 query rows of one (sample, head), 4 warps of
 //            16 rows; loops over 64-key tiles held in shared memory; S = Q·Kᵀ on tensor cores, online
@@ -18,7 +23,11 @@
 #include <mma.h>
 
 #include "attention.h"
+#include "attention_fa2.cuh"
 #include "check_cuda.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
@@ -339,9 +348,8 @@ static int check_dim_(int d) {
     return d <= 16 ? 16 : d <= 32 ? 32 : d <= 64 ? 64 : 128;
 }
 
-extern "C" void attention_forward(OpCtx *c, void *O, float *lse, const void *Q, const void *K, const void *V,
-                                  const float *key_valid, int B, int S, int H, int d) {
-    if (!B || !S || !H) return;
+static void forward_generic_(OpCtx *c, void *O, float *lse, const void *Q, const void *K, const void *V,
+                             const float *key_valid, int B, int S, int H, int d) {
     switch (check_dim_(d)) {
     case 16: forward_<16>(c, O, lse, Q, K, V, key_valid, B, S, H, d); break;
     case 32: forward_<32>(c, O, lse, Q, K, V, key_valid, B, S, H, d); break;
@@ -350,10 +358,9 @@ extern "C" void attention_forward(OpCtx *c, void *O, float *lse, const void *Q, 
     }
 }
 
-extern "C" void attention_backward(OpCtx *c, void *dQ, void *dK, void *dV, const void *dO, const void *Q, const void *K,
-                                   const void *V, const void *O, const float *lse, const float *key_valid, int B, int S,
-                                   int H, int d) {
-    if (!B || !S || !H) return;
+static void backward_generic_(OpCtx *c, void *dQ, void *dK, void *dV, const void *dO, const void *Q, const void *K,
+                              const void *V, const void *O, const float *lse, const float *key_valid, int B, int S,
+                              int H, int d) {
     const int DP = check_dim_(d);
     cudaStream_t s = (cudaStream_t)c->stream;
     const size_t n = (size_t)B * S * H * d;
@@ -375,4 +382,144 @@ extern "C" void attention_backward(OpCtx *c, void *dQ, void *dK, void *dV, const
     CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaFreeAsync(dq, s));
     CUDA_CHECK(cudaFreeAsync(delta, s));
+}
+
+// ---- FlashAttention-2 path (d = 64, 128) ------------------------------------------------------
+// Variants, chosen by environment variables for benchmarking (defaults: the fastest measured, H200):
+//   QIE_ATT_FWD = 0: 4 warps × 16 rows (Q in registers), 1: 8 warps × 16 rows, 2 (default): 4 warps × 32 rows
+//   QIE_ATT_BKV = 4 | 8 (default) warps (16 keys each) for dK/dV;  QIE_ATT_BQ = 4 (default) | 8 warps for dQ
+//   QIE_ATT_BWD = fused: one dK/dV/dQ pass with fp32 atomics on dQ (not bit-reproducible)
+static int env_int_(const char *name, int def) {
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : def;
+}
+static bool use_fa2_(int d) {
+    const char *v = getenv("QIE_ATT_IMPL");
+    if (v && !strcmp(v, "wmma")) return false;
+    return d == 64 || d == 128;
+}
+
+template <typename Kern>
+static void set_smem_(Kern k, size_t bytes) {
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// bitmask of valid keys, 2 words per 64-key tile (caller frees)
+static uint32_t *keybits_(cudaStream_t s, const float *kv, int B, int S) {
+    const int nw = (S + fa2::BN - 1) / fa2::BN * 2;
+    uint32_t *bits;
+    CUDA_CHECK(cudaMallocAsync((void **)&bits, (size_t)B * nw * sizeof(uint32_t), s));
+    fa2::fa_keybits_kernel<<<(B * nw + 127) / 128, 128, 0, s>>>(bits, kv, B, S, nw);
+    CUDA_CHECK(cudaGetLastError());
+    return bits;
+}
+
+template <int D, int MT, int NW>
+static void fa_fwd_launch_(cudaStream_t s, void *O, float *lse, const void *Q, const void *K, const void *V,
+                           const uint32_t *bits, int B, int S, int H) {
+    constexpr int BM = 16 * MT * NW;
+    const size_t sm = (size_t)(BM + 4 * fa2::BN) * D * 2;
+    static bool attr = false;
+    if (!attr) set_smem_(fa2::fa_fwd_kernel<D, MT, NW>, sm), attr = true;
+    dim3 grid((S + BM - 1) / BM, H, B);
+    fa2::fa_fwd_kernel<D, MT, NW><<<grid, NW * 32, sm, s>>>((bf16 *)O, lse, (const bf16 *)Q, (const bf16 *)K,
+                                                            (const bf16 *)V, bits, S, H, 1.4426950408889634f / sqrtf((float)D));
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <int D>
+static void fa_forward_(cudaStream_t s, void *O, float *lse, const void *Q, const void *K, const void *V,
+                        const float *kv, int B, int S, int H) {
+    uint32_t *bits = keybits_(s, kv, B, S);
+    switch (env_int_("QIE_ATT_FWD", 2)) {
+    case 0: fa_fwd_launch_<D, 1, 4>(s, O, lse, Q, K, V, bits, B, S, H); break;
+    case 1: fa_fwd_launch_<D, 1, 8>(s, O, lse, Q, K, V, bits, B, S, H); break;
+    default: fa_fwd_launch_<D, 2, 4>(s, O, lse, Q, K, V, bits, B, S, H); break;
+    }
+    CUDA_CHECK(cudaFreeAsync(bits, s));
+}
+
+template <int D, int NW, bool FUSED>
+static void fa_dkdv_launch_(cudaStream_t s, void *dK, void *dV, float *dQacc, const void *Q, const void *K,
+                            const void *V, const void *dO, const float *lse2, const float *delta, const uint32_t *bits,
+                            int B, int S, int Sp, int H) {
+    constexpr int BK = 16 * NW;
+    const size_t sm = (size_t)(2 * BK + 4 * fa2::BN) * D * 2 + 4 * fa2::BN * sizeof(float) + (FUSED ? BK * 64 * 2 : 0);
+    static bool attr = false;
+    if (!attr) set_smem_(fa2::fa_bwd_dkdv_kernel<D, NW, FUSED>, sm), attr = true;
+    dim3 grid((S + BK - 1) / BK, H, B);
+    const float scale = 1.0f / sqrtf((float)D);
+    fa2::fa_bwd_dkdv_kernel<D, NW, FUSED><<<grid, NW * 32, sm, s>>>(
+        (bf16 *)dK, (bf16 *)dV, dQacc, (const bf16 *)Q, (const bf16 *)K, (const bf16 *)V, (const bf16 *)dO, lse2,
+        delta, bits, S, Sp, H, scale * 1.4426950408889634f, scale);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <int D, int NW>
+static void fa_dq_launch_(cudaStream_t s, void *dQ, const void *Q, const void *K, const void *V, const void *dO,
+                          const float *lse2, const float *delta, const uint32_t *bits, int B, int S, int Sp, int H) {
+    constexpr int BM = 16 * NW;
+    const size_t sm = (size_t)(2 * BM + 4 * fa2::BN) * D * 2;
+    static bool attr = false;
+    if (!attr) set_smem_(fa2::fa_bwd_dq_kernel<D, NW>, sm), attr = true;
+    dim3 grid((S + BM - 1) / BM, H, B);
+    const float scale = 1.0f / sqrtf((float)D);
+    fa2::fa_bwd_dq_kernel<D, NW><<<grid, NW * 32, sm, s>>>((bf16 *)dQ, (const bf16 *)Q, (const bf16 *)K,
+                                                           (const bf16 *)V, (const bf16 *)dO, lse2, delta, bits, S, Sp,
+                                                           H, scale * 1.4426950408889634f, scale);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <int D>
+static void fa_backward_(cudaStream_t s, void *dQ, void *dK, void *dV, const void *dO, const void *Q, const void *K,
+                         const void *V, const void *O, const float *lse, const float *kv, int B, int S, int H) {
+    const int Sp = (S + 127) / 128 * 128; // δ and lse·log2e rows, padded for whole tiles
+    uint32_t *bits = keybits_(s, kv, B, S);
+    float *delta, *lse2;
+    CUDA_CHECK(cudaMallocAsync((void **)&delta, (size_t)B * H * Sp * sizeof(float), s));
+    CUDA_CHECK(cudaMallocAsync((void **)&lse2, (size_t)B * H * Sp * sizeof(float), s));
+    const size_t items = (size_t)B * Sp * H;
+    fa2::fa_delta_kernel<D><<<(unsigned)((items + 7) / 8), 256, 0, s>>>(delta, lse2, (const bf16 *)dO, (const bf16 *)O,
+                                                                        lse, B, S, Sp, H);
+    CUDA_CHECK(cudaGetLastError());
+    const char *mode = getenv("QIE_ATT_BWD");
+    if (mode && !strcmp(mode, "fused")) { // single pass, dQ through fp32 atomics (not deterministic)
+        const size_t n = (size_t)B * S * H * D;
+        float *acc;
+        CUDA_CHECK(cudaMallocAsync((void **)&acc, n * sizeof(float), s));
+        CUDA_CHECK(cudaMemsetAsync(acc, 0, n * sizeof(float), s));
+        fa_dkdv_launch_<D, 8, true>(s, dK, dV, acc, Q, K, V, dO, lse2, delta, bits, B, S, Sp, H);
+        fa2::fa_dq_convert_kernel<<<(unsigned)((n / 4 + 255) / 256), 256, 0, s>>>((bf16 *)dQ, acc, n,
+                                                                                  1.0f / sqrtf((float)D));
+        CUDA_CHECK(cudaGetLastError());
+        CUDA_CHECK(cudaFreeAsync(acc, s));
+    } else {
+        if (env_int_("QIE_ATT_BKV", 8) == 4)
+            fa_dkdv_launch_<D, 4, false>(s, dK, dV, NULL, Q, K, V, dO, lse2, delta, bits, B, S, Sp, H);
+        else fa_dkdv_launch_<D, 8, false>(s, dK, dV, NULL, Q, K, V, dO, lse2, delta, bits, B, S, Sp, H);
+        if (env_int_("QIE_ATT_BQ", 4) == 8) fa_dq_launch_<D, 8>(s, dQ, Q, K, V, dO, lse2, delta, bits, B, S, Sp, H);
+        else fa_dq_launch_<D, 4>(s, dQ, Q, K, V, dO, lse2, delta, bits, B, S, Sp, H);
+    }
+    CUDA_CHECK(cudaFreeAsync(bits, s));
+    CUDA_CHECK(cudaFreeAsync(delta, s));
+    CUDA_CHECK(cudaFreeAsync(lse2, s));
+}
+
+extern "C" void attention_forward(OpCtx *c, void *O, float *lse, const void *Q, const void *K, const void *V,
+                                  const float *key_valid, int B, int S, int H, int d) {
+    if (!B || !S || !H) return;
+    cudaStream_t s = (cudaStream_t)c->stream;
+    if (!use_fa2_(d)) forward_generic_(c, O, lse, Q, K, V, key_valid, B, S, H, d);
+    else if (d == 128) fa_forward_<128>(s, O, lse, Q, K, V, key_valid, B, S, H);
+    else fa_forward_<64>(s, O, lse, Q, K, V, key_valid, B, S, H);
+}
+
+extern "C" void attention_backward(OpCtx *c, void *dQ, void *dK, void *dV, const void *dO, const void *Q, const void *K,
+                                   const void *V, const void *O, const float *lse, const float *key_valid, int B, int S,
+                                   int H, int d) {
+    if (!B || !S || !H) return;
+    cudaStream_t s = (cudaStream_t)c->stream;
+    if (!use_fa2_(d)) backward_generic_(c, dQ, dK, dV, dO, Q, K, V, O, lse, key_valid, B, S, H, d);
+    else if (d == 128) fa_backward_<128>(s, dQ, dK, dV, dO, Q, K, V, O, lse, key_valid, B, S, H);
+    else fa_backward_<64>(s, dQ, dK, dV, dO, Q, K, V, O, lse, key_valid, B, S, H);
 }
