@@ -48,7 +48,7 @@ CFLAGS += -DQIE_CUDA -I$(CUDA_HOME)/include
 NVCCFLAGS := -O3 -std=c++17 -lineinfo -DQIE_CUDA -Icommon -Ikernels -Xcompiler -fPIC \
   -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80 \
   -gencode arch=compute_89,code=sm_89
-LDLIBS_CUDA := -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+LDLIBS_CUDA := -L$(CUDA_HOME)/lib64 -lnccl -lcublasLt -lcublas -lcudart -lstdc++
 KERNELS_CU := $(wildcard kernels/*.cu)
 else
 KERNELS_CU :=
@@ -79,12 +79,14 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRC := $(wildcard tests/gpu/test_*.c)
 GPU_TEST_BINS := $(GPU_TEST_SRC:tests/gpu/%.c=$(BUILD)/tests-gpu/%)
+BENCH_SRC := $(wildcard tests/bench/*.c)
+BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 TOOL_SRC := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/bin/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all test-gpu test test-plain test-san clean bundle fuzz demo bench-decode bench-cache
-ALL_TARGETS := $(BINS) $(TEST_BINS) $(TOOL_BINS)
+ALL_TARGETS := $(BINS) $(TEST_BINS) $(TOOL_BINS) $(BENCH_BINS)
 ifeq ($(CUDA),1)
 ALL_TARGETS += $(GPU_TEST_BINS)
 endif
@@ -126,6 +128,12 @@ $(BUILD)/bin/%: tests/tools/%.c $(LIBQIE)
 
 # GPU tests (CPU reference vs CUDA twin on the same inputs): make CUDA=1 test-gpu, on a GPU host
 $(BUILD)/tests-gpu/%: tests/gpu/%.c $(STAGE_LIBS) $(LIBQIE) tests/testlib.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ALL_STAGE_CFLAGS) -Itests -Istages $(LDFLAGS) -o $@ $< \
+	  $(STAGE_LIBS) $(LIBQIE) $(ALL_STAGE_LIBS) $(LDLIBS_BASE) $(LDLIBS_CUDA)
+
+# benchmark programs (not tests: they print figures, the GPU ones need CUDA=1 and a GPU)
+$(BUILD)/bench/%: tests/bench/%.c $(STAGE_LIBS) $(LIBQIE)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ALL_STAGE_CFLAGS) -Itests -Istages $(LDFLAGS) -o $@ $< \
 	  $(STAGE_LIBS) $(LIBQIE) $(ALL_STAGE_LIBS) $(LDLIBS_BASE) $(LDLIBS_CUDA)

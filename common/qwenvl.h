@@ -99,6 +99,11 @@ typedef struct {
 int qwenvl_prepare(char *err, const QwenVLConfig *cfg, const Tokenizer *tok, QwenVLMode mode,
                    const QwenVLSample *s, QwenVLPrep *p);
 void qwenvl_prep_free(QwenVLPrep *p);
+/* qwenvl_prepare of n samples on up to `threads` threads (the tokenizer is read-only, samples
+ * are independent). rcs[i] and errs[i] (QIE_ERR_LEN bytes each, may be NULL) get each sample's
+ * result. Returns 0 (a thread that cannot start leaves its share to the caller's thread). */
+int qwenvl_prepare_many(const QwenVLConfig *cfg, const Tokenizer *tok, QwenVLMode mode, const QwenVLSample *s, int n,
+                        QwenVLPrep *p, int *rcs, char *errs, int threads);
 
 typedef struct QwenVL QwenVL;
 
@@ -108,6 +113,12 @@ typedef struct QwenVL QwenVL;
  * *out must be NULL; free with qwenvl_destroy. */
 int qwenvl_create(char *err, const char *dir, OpCtx *ctx, QwenVL **out);
 void qwenvl_destroy(QwenVL **m); /* NULL-safe; nulls *m */
+/* A model with seeded random weights in cfg's shapes (benchmarks): every matrix and bias
+ * N(0, 0.02²), norm gains 1; the token ids of cfg are taken from the tokenizer in tok_dir. */
+int qwenvl_create_random(char *err, OpCtx *ctx, const QwenVLConfig *cfg, const char *tok_dir, uint64_t seed,
+                         QwenVL **out);
+/* The released Qwen2.5-VL-7B shapes (model.md §3.1) and processor values. */
+void qwenvl_config_7b(QwenVLConfig *cfg);
 const QwenVLConfig *qwenvl_config(const QwenVL *m);
 const Tokenizer *qwenvl_tokenizer(const QwenVL *m);
 size_t qwenvl_param_count(const QwenVL *m);

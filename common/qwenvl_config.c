@@ -234,3 +234,19 @@ int qwenvl_mode_parse(const char *s, QwenVLMode *out) {
     else return QIE_EINVAL;
     return 0;
 }
+
+void qwenvl_config_7b(QwenVLConfig *c) {
+    memset(c, 0, sizeof *c);
+    c->hidden = 3584, c->layers = 28, c->heads = 28, c->kv_heads = 4, c->head_dim = 128, c->ffn = 18944;
+    c->vocab = 152064, c->max_pos = 128000;
+    c->mrope[0] = 16, c->mrope[1] = 24, c->mrope[2] = 24;
+    c->rope_theta = 1000000.0, c->rms_eps = 1e-6;
+    c->v_depth = 32, c->v_hidden = 1280, c->v_heads = 16, c->v_head_dim = 80, c->v_ffn = 3420, c->v_out = 3584;
+    c->patch = 14, c->tpatch = 2, c->merge = 2, c->window = 112, c->in_ch = 3, c->v_rope_theta = 10000.0;
+    c->v_full[7] = c->v_full[15] = c->v_full[23] = c->v_full[31] = 1;
+    c->image_token_id = 151655, c->vision_start_id = 151652, c->vision_end_id = 151653, c->pad_id = 151643;
+    c->min_pixels = 3136, c->max_pixels = 12845056, c->rescale = 1.0 / 255.0, c->resample = 3;
+    const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f}, stdv[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    memcpy(c->mean, mean, sizeof mean);
+    memcpy(c->std, stdv, sizeof stdv);
+}

@@ -12,9 +12,11 @@
 #include "err.h"
 #include "log.h"
 #include "matmul.h"
+#include "progress.h"
 #include "qwen_attention.h"
 #include "qwen_ops.h"
 #include "qwenvl.h"
+#include "rng.h"
 #include "safetensors.h"
 
 typedef struct {
@@ -53,7 +55,33 @@ struct QwenVL {
     VitBlock_ *V;
     void *m_ln, *m0_w, *m0_b, *m2_w, *m2_b; /* merger: [Dv], [4Dv, 4Dv], [4Dv], [D, 4Dv], [D] */
     Arena_ act, f32, i32;
+    /* cos/sin of (integer position · inv_freq[g]) for positions 0..n-1, computed once and grown:
+     * the same fp32 products and cosf/sinf as computing them per token, without the cost */
+    float *llm_cos, *llm_sin; /* [n_llm, head_dim/2] */
+    int n_llm;
+    float *vit_cos, *vit_sin; /* [n_vit, v_head_dim/4] */
+    int n_vit;
 };
+
+/* grows a (cos, sin) table of rows 0..need-1 over `nf` frequencies inv[0..nf) */
+static int trig_table_(float **cs, float **sn, int *have, int need, const float *inv, int nf) {
+    if (need <= *have) return 0;
+    int n = need + need / 2 + 64;
+    float *c = realloc(*cs, (size_t)n * nf * sizeof *c), *s = NULL;
+    if (!c) return QIE_ENOMEM;
+    *cs = c;
+    s = realloc(*sn, (size_t)n * nf * sizeof *s);
+    if (!s) return QIE_ENOMEM;
+    *sn = s;
+    for (int p = *have; p < n; p++)
+        for (int g = 0; g < nf; g++) {
+            float a = (float)p * inv[g];
+            c[(size_t)p * nf + g] = cosf(a);
+            s[(size_t)p * nf + g] = sinf(a);
+        }
+    *have = n;
+    return 0;
+}
 
 const QwenVLConfig *qwenvl_config(const QwenVL *m) { return &m->cfg; }
 const Tokenizer *qwenvl_tokenizer(const QwenVL *m) { return m->tok; }
@@ -269,6 +297,80 @@ fail:
     return rc;
 }
 
+int qwenvl_create_random(char *err, OpCtx *ctx, const QwenVLConfig *cfg, const char *tok_dir, uint64_t seed,
+                         QwenVL **out) {
+    QwenVL *m = calloc(1, sizeof *m);
+    SpecList_ specs = {0};
+    float *ones = NULL, *chunk = NULL;
+    if (!m) return QIE_ENOMEM;
+    m->ctx = ctx;
+    m->cfg = *cfg;
+    int rc = tok_create(err, tok_dir, &m->tok);
+    if (rc) goto fail;
+    m->cfg.image_token_id = tok_token_id(m->tok, "<|image_pad|>");
+    m->cfg.vision_start_id = tok_token_id(m->tok, "<|vision_start|>");
+    m->cfg.vision_end_id = tok_token_id(m->tok, "<|vision_end|>");
+    m->cfg.pad_id = tok_token_id(m->tok, "<|endoftext|>");
+    m->L = calloc((size_t)cfg->layers, sizeof *m->L);
+    m->V = calloc((size_t)cfg->v_depth, sizeof *m->V);
+    if (!m->L || !m->V || build_specs_(m, "", "", &specs)) { rc = QIE_ENOMEM; goto fail; }
+    size_t total = 0, as = op_act_size(ctx), maxd = 0;
+    for (int i = 0; i < specs.n; i++) total += align64_(specs.v[i].numel);
+    m->params = op_alloc(ctx, total * as);
+    const size_t CH = (size_t)1 << 26;
+#ifdef QIE_CUDA
+    if (ctx->dev == QIE_DEV_CUDA) chunk = op_alloc(ctx, CH * sizeof(float));
+#endif
+    size_t off = 0;
+    for (int i = 0; i < specs.n; i++) {
+        ParamSpec_ *s = &specs.v[i];
+        *s->dst = (char *)m->params + off * as;
+        off += align64_(s->numel);
+        m->nparams += s->numel;
+        if (strstr(s->name[0], "norm") || strstr(s->name[0], "ln_q")) {
+            if (s->numel > maxd) maxd = s->numel;
+            continue;
+        }
+        for (size_t done = 0; done < s->numel; done += CH) {
+            size_t n = s->numel - done < CH ? s->numel - done : CH;
+            char *dst = (char *)*s->dst + done * as;
+#ifdef QIE_CUDA
+            if (ctx->dev == QIE_DEV_CUDA) {
+                if ((rc = rng_normal(chunk, n, seed, (uint64_t)i, done, ctx->stream))) {
+                    qie_seterr(err, "random text encoder: rng_normal failed");
+                    goto fail;
+                }
+                op_f32_to_act(ctx, dst, chunk, n);
+            } else
+#endif
+                if ((rc = rng_normal_cpu((float *)dst, n, seed, (uint64_t)i, done))) {
+                qie_seterr(err, "random text encoder: rng_normal_cpu failed");
+                goto fail;
+            }
+            op_scale(ctx, dst, 0.02f, n);
+        }
+    }
+    ones = malloc((maxd ? maxd : 1) * sizeof *ones);
+    if (!ones) { rc = QIE_ENOMEM; goto fail; }
+    for (size_t k = 0; k < maxd; k++) ones[k] = 1.0f;
+    for (int i = 0; i < specs.n; i++)
+        if (strstr(specs.v[i].name[0], "norm") || strstr(specs.v[i].name[0], "ln_q"))
+            op_upload_act(ctx, *specs.v[i].dst, ones, specs.v[i].numel);
+    op_sync(ctx);
+    op_free(ctx, chunk);
+    free(ones);
+    free(specs.v);
+    *out = m;
+    return 0;
+fail:
+    if (rc == QIE_ENOMEM) qie_seterr(err, "random text encoder: out of memory");
+    op_free(ctx, chunk);
+    free(ones);
+    free(specs.v);
+    qwenvl_destroy(&m);
+    return rc;
+}
+
 void qwenvl_destroy(QwenVL **mp) {
     if (!mp || !*mp) return;
     QwenVL *m = *mp;
@@ -281,6 +383,10 @@ void qwenvl_destroy(QwenVL **mp) {
     tok_destroy(&m->tok);
     free(m->L);
     free(m->V);
+    free(m->llm_cos);
+    free(m->llm_sin);
+    free(m->vit_cos);
+    free(m->vit_sin);
     free(m);
     *mp = NULL;
 }
@@ -303,6 +409,19 @@ static void *carve_(char *base, size_t *cur, size_t n, size_t esize) {
 
 static void *off_(const QwenVL *m, void *p, size_t elems) { return (char *)p + elems * op_act_size(m->ctx); }
 
+/* QWENVL_PROFILE: time spent in attention vs the rest (synchronising around each call) */
+static int prof_on_(void) {
+    static int on = -1;
+    if (on < 0) on = getenv("QWENVL_PROFILE") != NULL;
+    return on;
+}
+static double prof_attn_s_ = 0;
+static double prof_mark_(OpCtx *ctx) {
+    if (!prof_on_()) return 0;
+    op_sync(ctx);
+    return progress_now();
+}
+
 /* ---- vision tower ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -321,7 +440,8 @@ static void vit_plan_free_(VitPlan_ *p) {
 }
 
 /* get_vision_window_index + get_vision_position_ids + the rotary embedding, on the host */
-static int vit_plan_(const QwenVLConfig *c, const int *gh, const int *gw, int nimg, VitPlan_ *p) {
+static int vit_plan_(QwenVL *mdl, const int *gh, const int *gw, int nimg, VitPlan_ *p) {
+    const QwenVLConfig *c = &mdl->cfg;
     memset(p, 0, sizeof *p);
     int m = c->merge, mu = m * m, hd = c->v_head_dim, ws = c->window / c->patch / c->merge;
     for (int k = 0; k < nimg; k++) p->P += gh[k] * gw[k];
@@ -340,9 +460,15 @@ static int vit_plan_(const QwenVLConfig *c, const int *gh, const int *gw, int ni
         return QIE_ENOMEM;
     }
     /* inv_freq = 1 / theta^(arange(0, hd/2, 2) / (hd/2)), fp32 as torch computes it */
-    int q = hd / 4;
+    int q = hd / 4, maxside = 0;
     float inv[64];
     for (int j = 0; j < q; j++) inv[j] = 1.0f / powf((float)c->v_rope_theta, (float)(2 * j) / (float)(hd / 2));
+    for (int k = 0; k < nimg; k++) maxside = gh[k] > maxside ? gh[k] : gw[k] > maxside ? gw[k] : maxside;
+    if (trig_table_(&mdl->vit_cos, &mdl->vit_sin, &mdl->n_vit, maxside + 1, inv, q)) {
+        vit_plan_free_(p);
+        return QIE_ENOMEM;
+    }
+    const float *tc = mdl->vit_cos, *ts = mdl->vit_sin;
     int i = 0, ubase = 0;
     for (int k = 0; k < nimg; k++) {
         int hm = gh[k] / m, wm = gw[k] / m, pbase = ubase * mu;
@@ -364,11 +490,10 @@ static int vit_plan_(const QwenVLConfig *c, const int *gh, const int *gw, int ni
                             int y = uy * m + s / m, x = ux * m + s % m;
                             float *cr = p->cos + (size_t)i * hd, *sr = p->sin + (size_t)i * hd;
                             for (int j = 0; j < q; j++) {
-                                float ay = (float)y * inv[j], ax = (float)x * inv[j];
-                                cr[j] = cr[j + 2 * q] = cosf(ay);
-                                sr[j] = sr[j + 2 * q] = sinf(ay);
-                                cr[q + j] = cr[3 * q + j] = cosf(ax);
-                                sr[q + j] = sr[3 * q + j] = sinf(ax);
+                                cr[j] = cr[j + 2 * q] = tc[(size_t)y * q + j];
+                                sr[j] = sr[j + 2 * q] = ts[(size_t)y * q + j];
+                                cr[q + j] = cr[3 * q + j] = tc[(size_t)x * q + j];
+                                sr[q + j] = sr[3 * q + j] = ts[(size_t)x * q + j];
                             }
                         }
                     }
@@ -379,11 +504,13 @@ static int vit_plan_(const QwenVLConfig *c, const int *gh, const int *gw, int ni
 }
 
 /* rows: processor rows of every image [P, patch_dim] (host f32); writes [U, D] act into out */
-static int vision_forward_(char *err, QwenVL *m, const float *rows, const int *gh, const int *gw, int nimg, void *out) {
+static int vision_forward_(char *err, QwenVL *m, const QwenVLPrep *preps, int n, const int *gh, const int *gw, int nimg,
+                           void *out) {
     const QwenVLConfig *c = &m->cfg;
     OpCtx *ctx = m->ctx;
     VitPlan_ pl;
-    if (vit_plan_(c, gh, gw, nimg, &pl)) {
+    double tv0 = prof_mark_(ctx);
+    if (vit_plan_(m, gh, gw, nimg, &pl)) {
         qie_seterr(err, "vision tower: out of memory");
         return QIE_ENOMEM;
     }
@@ -407,7 +534,9 @@ static int vision_forward_(char *err, QwenVL *m, const float *rows, const int *g
     float *d_cos = carve_(m->f32.p, &cf, P * hd, 4), *d_sin = carve_(m->f32.p, &cf, P * hd, 4);
     int32_t *d_perm = carve_(m->i32.p, &ci, P, 4), *d_wlo = carve_(m->i32.p, &ci, P, 4), *d_whi = carve_(m->i32.p, &ci, P, 4);
     int32_t *d_flo = carve_(m->i32.p, &ci, P, 4), *d_fhi = carve_(m->i32.p, &ci, P, 4), *d_unp = carve_(m->i32.p, &ci, U, 4);
-    op_upload_act(ctx, b_rows, rows, P * pd);
+    /* each sample's processor rows straight into place: no packed host copy */
+    for (size_t i = 0, r = 0; i < (size_t)n; r += (size_t)preps[i].np, i++)
+        if (preps[i].np) op_upload_act(ctx, off_(m, b_rows, r * pd), preps[i].rows, (size_t)preps[i].np * pd);
     op_upload_f32(ctx, d_cos, pl.cos, P * hd);
     op_upload_f32(ctx, d_sin, pl.sin, P * hd);
     qwen_upload_i32(ctx, d_perm, pl.perm, P);
@@ -418,6 +547,10 @@ static int vision_forward_(char *err, QwenVL *m, const float *rows, const int *g
     qwen_upload_i32(ctx, d_unp, pl.unperm, U);
     int Pi = (int)P, Dvi = (int)Dv, Fvi = (int)Fv, hdi = (int)hd;
     float scale = 1.0f / sqrtf((float)hd);
+    if (prof_on_()) {
+        double tu = prof_mark_(ctx);
+        log_info("vision: plan + uploads %.1f ms", (tu - tv0) * 1e3);
+    }
     /* patch embed (Conv3d with stride = kernel = a GEMM over the rows), then window order */
     op_matmul(ctx, b_a, b_rows, m->patch_w, NULL, Pi, (int)pd, Dvi);
     op_qwen_gather_rows(ctx, x, b_a, d_perm, Pi, Dvi);
@@ -429,8 +562,10 @@ static int vision_forward_(char *err, QwenVL *m, const float *rows, const int *g
         /* q: columns [0, Dv), k: [Dv, 2Dv); heads of hd each; rotation in fp32 */
         op_qwen_rope(ctx, qkv, 3 * Dvi, Pi, c->v_heads, hdi, d_cos, d_sin, 0);
         op_qwen_rope(ctx, off_(m, qkv, Dv), 3 * Dvi, Pi, c->v_heads, hdi, d_cos, d_sin, 0);
+        double ta = prof_mark_(ctx);
         op_qwen_attention(ctx, att, qkv, 3 * Dvi, off_(m, qkv, Dv), off_(m, qkv, 2 * Dv), 3 * Dvi, Pi, c->v_heads,
                           c->v_heads, hdi, full ? d_flo : d_wlo, full ? d_fhi : d_whi, scale);
+        if (prof_on_()) prof_attn_s_ += prof_mark_(ctx) - ta;
         op_matmul(ctx, h, att, B->proj_w, B->proj_b, Pi, Dvi, Dvi);
         op_add_inplace(ctx, x, h, P * Dv);
         op_qwen_rmsnorm(ctx, h, x, B->norm2, Pi, Dvi, 1e-6f);
@@ -455,8 +590,9 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
     const QwenVLConfig *c = &m->cfg;
     OpCtx *ctx = m->ctx;
     int rc = 0;
+    double tq0 = progress_now();
     for (int i = 0; i < n; i++) out[i] = NULL;
-    size_t T = 0, P = 0, U = 0, pd = (size_t)c->in_ch * c->tpatch * c->patch * c->patch;
+    size_t T = 0, P = 0, U = 0;
     int nimg = 0, mu = c->merge * c->merge;
     for (int i = 0; i < n; i++) {
         T += (size_t)preps[i].n;
@@ -470,10 +606,9 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
     int32_t *ids = malloc(T * sizeof *ids), *lo = malloc(T * sizeof *lo), *hi = malloc(T * sizeof *hi);
     int32_t *padrows = malloc((U ? U : 1) * sizeof *padrows);
     float *cosb = malloc(T * hd * sizeof *cosb), *sinb = malloc(T * hd * sizeof *sinb);
-    float *rows = P ? malloc(P * pd * sizeof *rows) : NULL;
     int *gh = malloc((size_t)(nimg ? nimg : 1) * sizeof *gh), *gw = malloc((size_t)(nimg ? nimg : 1) * sizeof *gw);
     float *host = malloc(T * D * sizeof *host);
-    if (!ids || !lo || !hi || !padrows || !cosb || !sinb || (P && !rows) || !gh || !gw || !host) {
+    if (!ids || !lo || !hi || !padrows || !cosb || !sinb || !gh || !gw || !host) {
         qie_seterr(err, "encode: out of memory for %zu tokens", T);
         rc = QIE_ENOMEM;
         goto done;
@@ -481,8 +616,16 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
     /* M-RoPE tables: feature i uses frequency g = i mod hd/2 on axis t, h or w by mrope_section;
      * inv_freq and the angle in fp32 as torch (Qwen2_5_VLRotaryEmbedding) */
     float inv[64];
-    int h2 = (int)hd / 2;
+    int h2 = (int)hd / 2, maxpos = 0;
     for (int g = 0; g < h2; g++) inv[g] = 1.0f / powf((float)c->rope_theta, (float)(2 * g) / (float)hd);
+    for (int i = 0; i < n; i++)
+        for (size_t r = 0; r < 3 * (size_t)preps[i].n; r++)
+            if (preps[i].pos[r] > maxpos) maxpos = preps[i].pos[r];
+    if (trig_table_(&m->llm_cos, &m->llm_sin, &m->n_llm, maxpos + 1, inv, h2)) {
+        qie_seterr(err, "encode: out of memory for the rotary tables");
+        rc = QIE_ENOMEM;
+        goto done;
+    }
     size_t t0 = 0, p0 = 0, u0 = 0;
     int k0 = 0;
     for (int i = 0; i < n; i++) {
@@ -496,12 +639,11 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
             float *cr = cosb + (t0 + r) * hd, *sr = sinb + (t0 + r) * hd;
             for (int g = 0; g < h2; g++) {
                 int axis = g < c->mrope[0] ? 0 : g < c->mrope[0] + c->mrope[1] ? 1 : 2;
-                float ang = (float)p->pos[(size_t)axis * L + r] * inv[g];
-                cr[g] = cr[g + h2] = cosf(ang);
-                sr[g] = sr[g + h2] = sinf(ang);
+                size_t at = (size_t)p->pos[(size_t)axis * L + r] * h2 + g;
+                cr[g] = cr[g + h2] = m->llm_cos[at];
+                sr[g] = sr[g + h2] = m->llm_sin[at];
             }
         }
-        if (p->np) memcpy(rows + p0 * pd, p->rows, (size_t)p->np * pd * sizeof *rows);
         for (int k = 0; k < p->nimages; k++) {
             gh[k0 + k] = p->gh[k];
             gw[k0 + k] = p->gw[k];
@@ -515,11 +657,19 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
         rc = QIE_EFORMAT;
         goto done;
     }
+    /* QWENVL_PROFILE=1: synchronise and log the phases (benchmarks; costs the overlap) */
+    static int prof = -1;
+    if (prof < 0) prof = getenv("QWENVL_PROFILE") != NULL;
+    double tp0 = prof ? (op_sync(ctx), progress_now()) : 0, tp1 = 0, tp2 = 0;
     /* vision rows first (they use the arenas as scratch), kept in a buffer of their own */
     void *vis = U ? op_alloc(ctx, U * D * op_act_size(ctx)) : NULL;
-    if (U && (rc = vision_forward_(err, m, rows, gh, gw, nimg, vis))) {
+    if (U && (rc = vision_forward_(err, m, preps, n, gh, gw, nimg, vis))) {
         op_free(ctx, vis);
         goto done;
+    }
+    if (prof) {
+        op_sync(ctx);
+        tp1 = progress_now();
     }
     size_t as = op_act_size(ctx);
     size_t n_act = align64_(T * D) * 3 + align64_(T * W) + align64_(T * nq) + align64_(T * 2 * F) + align64_(T * F) + 64 * 8;
@@ -550,8 +700,10 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
         op_matmul(ctx, qkv, h, B->qkv_w, B->qkv_b, Ti, Di, Wi);
         op_qwen_rope(ctx, qkv, Wi, Ti, c->heads, hdi, d_cos, d_sin, 1);
         op_qwen_rope(ctx, off_(m, qkv, nq), Wi, Ti, c->kv_heads, hdi, d_cos, d_sin, 1);
+        double ta = prof_mark_(ctx);
         op_qwen_attention(ctx, att, qkv, Wi, off_(m, qkv, nq), off_(m, qkv, nq + nk), Wi, Ti, c->heads, c->kv_heads, hdi,
                           d_lo, d_hi, scale);
+        if (prof_on_()) prof_attn_s_ += prof_mark_(ctx) - ta;
         op_matmul(ctx, tmp, att, B->o_w, NULL, Ti, (int)nq, Di);
         op_add_inplace(ctx, x, tmp, T * D);
         op_qwen_rmsnorm(ctx, h, x, B->ln2, Ti, Di, (float)c->rms_eps);
@@ -561,7 +713,17 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
         op_add_inplace(ctx, x, tmp, T * D);
     }
     op_qwen_rmsnorm(ctx, h, x, m->norm, Ti, Di, (float)c->rms_eps);
+    if (prof) {
+        op_sync(ctx);
+        tp2 = progress_now();
+    }
     op_download_act(ctx, host, h, T * D);
+    if (prof) {
+        log_info("qwenvl_encode: %d prompts, %zu tokens, %zu patches: host tables %.1f ms, vision %.1f ms, LLM %.1f ms, "
+                 "download %.1f ms; attention (both) %.1f ms", n, T, P, (tp0 - tq0) * 1e3, (tp1 - tp0) * 1e3,
+                 (tp2 - tp1) * 1e3, (progress_now() - tp2) * 1e3, prof_attn_s_ * 1e3);
+        prof_attn_s_ = 0;
+    }
     op_free(ctx, vis);
     t0 = 0;
     for (int i = 0; i < n; i++) {
@@ -578,6 +740,6 @@ int qwenvl_encode(char *err, QwenVL *m, const QwenVLPrep *preps, int n, float **
         t0 += L;
     }
 done:
-    free(ids); free(lo); free(hi); free(padrows); free(cosb); free(sinb); free(rows); free(gh); free(gw); free(host);
+    free(ids); free(lo); free(hi); free(padrows); free(cosb); free(sinb); free(gh); free(gw); free(host);
     return rc;
 }

@@ -1,5 +1,6 @@
 /* qwenvl_prompt.c: one sample -> token ids, M-RoPE positions and processor rows
  * (model.md §3.3, §3.4, §3.7; the pipelines' _get_qwen_prompt_embeds up to the model call). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,4 +178,47 @@ fail:
     free(resized);
     qwenvl_prep_free(p);
     return rc;
+}
+
+typedef struct {
+    const QwenVLConfig *cfg;
+    const Tokenizer *tok;
+    QwenVLMode mode;
+    const QwenVLSample *s;
+    QwenVLPrep *p;
+    int *rcs;
+    char *errs;
+    int n, stride, first;
+} PrepWork_;
+
+static void *prep_worker_(void *arg) {
+    const PrepWork_ *w = arg;
+    char local[QIE_ERR_LEN];
+    for (int i = w->first; i < w->n; i += w->stride) {
+        char *e = w->errs ? w->errs + (size_t)i * QIE_ERR_LEN : local;
+        e[0] = 0;
+        w->rcs[i] = qwenvl_prepare(e, w->cfg, w->tok, w->mode, &w->s[i], &w->p[i]);
+    }
+    return NULL;
+}
+
+int qwenvl_prepare_many(const QwenVLConfig *cfg, const Tokenizer *tok, QwenVLMode mode, const QwenVLSample *s, int n,
+                        QwenVLPrep *p, int *rcs, char *errs, int threads) {
+    if (threads > n) threads = n;
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    pthread_t th[64];
+    PrepWork_ w[64];
+    int started = 0;
+    for (int t = 0; t < threads; t++) {
+        w[t] = (PrepWork_){cfg, tok, mode, s, p, rcs, errs, n, threads, t};
+        if (t == 0) continue; /* the caller's thread takes slice 0 */
+        if (pthread_create(&th[t], NULL, prep_worker_, &w[t])) break;
+        started = t;
+    }
+    /* slices whose thread did not start run here too */
+    prep_worker_(&w[0]);
+    for (int t = started + 1; t < threads; t++) prep_worker_(&w[t]);
+    for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
+    return 0;
 }

@@ -10,7 +10,7 @@ build=${1:-build}; out=${2:-$build/bundle}; shift $(( $# >= 2 ? 2 : $# ))
 rm -rf "$out"; mkdir -p "$out/lib"
 if [ $# -gt 0 ]; then for n in "$@"; do cp "$build/bin/$n" "$out/"; done
 else cp "$build"/bin/* "$out/"; fi
-for t in "$build"/tests-gpu/*; do [ -x "$t" ] && [ -f "$t" ] && cp "$t" "$out/"; done
+for t in "$build"/tests-gpu/* "$build"/bench/*; do [ -x "$t" ] && [ -f "$t" ] && cp "$t" "$out/"; done
 skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libnccl|libnvidia)'
 for b in "$out"/*; do
   [ -f "$b" ] && [ -x "$b" ] || continue

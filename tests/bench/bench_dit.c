@@ -6,8 +6,9 @@
  * 8), a 1024² target + one 1024² source (two 64x64 token grids = 8192 image tokens), 256 text
  * tokens with an all-ones mask, batch 1, gradient checkpointing, random weights, σ ~ U(0,1).
  * Model FLOPs = 3 x forward, forward per layer = 24·D²·S + 4·S²·D (S = 8448), as the reference.
- * The step here is forward + backward only (the optimizer and clipping belong to the trainer);
- * the reference's step also runs a fused AdamW and grad-norm clip (a few % of its time).
+ * The step is the trainer's: forward, backward, the global gradient norm (clipping) and AdamW on
+ * fp32 master weights and moments, which also writes the bf16 compute copy, as the reference's
+ * step (clip_grad_norm_ + fused AdamW). --no-optimizer times forward + backward alone.
  *
  * Not a test (no fixed verdict) and not built by the Makefile. Build and run on a GPU host:
  *   make CUDA=1 BUILD=build-cuda-dit build-cuda-dit/lib/libqie.a
@@ -17,14 +18,17 @@
  *       -lcublasLt -lcublas -lcudart -lstdc++ -lpthread -lm -o build-cuda-dit/bench_dit
  *   build-cuda-dit/bench_dit [--layers 8] [--res 1024] [--txt 256] [--steps 6] [--no-ckpt] [--ops]
  * Prints one JSON line, like the reference (--ops first times attention and the fc1 GEMM alone). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "adamw.h"
 #include "attention.h"
 #include "dit.h"
 #include "err.h"
+#include "global_norm.h"
 #include "ops.h"
 #include "rng.h"
 
@@ -106,7 +110,7 @@ static void ops_breakdown_(OpCtx *c, int S, int reps) {
 }
 
 int main(int argc, char **argv) {
-    int layers = 8, res = 1024, txt = 256, steps = 6, warm = 2, ckpt = 1, ops = 0;
+    int layers = 8, res = 1024, txt = 256, steps = 6, warm = 2, ckpt = 1, ops = 0, opt = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
@@ -114,8 +118,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-ckpt")) ckpt = 0;
         else if (!strcmp(argv[i], "--ops")) ops = 1;
+        else if (!strcmp(argv[i], "--no-optimizer")) opt = 0;
         else {
-            fprintf(stderr, "usage: bench_dit [--layers 8] [--res 1024] [--txt 256] [--steps 6] [--no-ckpt] [--ops]\n");
+            fprintf(stderr, "usage: bench_dit [--layers 8] [--res 1024] [--txt 256] [--steps 6] [--no-ckpt] [--no-optimizer] [--ops]\n");
             return 2;
         }
     }
@@ -145,6 +150,16 @@ int main(int argc, char **argv) {
     fill_(&c, e, ne, 1.0f, 3, scratch, cap);
     fill_(&c, g, no, 1.0f / (float)no, 4, scratch, cap);
     op_free(&c, scratch);
+    /* fp32 master (a copy of the bf16 weights) and AdamW moments, as the trainer holds them */
+    const size_t np = m->lay.num_params;
+    float *master = NULL, *mom = NULL, *var = NULL, *nscratch = NULL;
+    if (opt) {
+        master = op_alloc(&c, np * sizeof(float));
+        mom = op_alloc(&c, np * sizeof(float));
+        var = op_alloc(&c, np * sizeof(float));
+        nscratch = op_alloc(&c, (GLOBAL_NORM_BLOCKS + 1) * sizeof(float));
+        op_act_to_f32(&c, master, m->params, np);
+    }
     float *mask = malloc(sizeof(float) * txt);
     for (int i = 0; i < txt; i++) mask[i] = 1.0f;
     double *times = malloc(sizeof(double) * (steps + warm));
@@ -160,6 +175,12 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
+        if (opt) {
+            double norm = sqrt(op_global_norm_squared(&c, nscratch, m->grads, np));
+            AdamWArgs a;
+            adamw_args(&a, 1e-5, 0.9, 0.999, 1e-10, 3e-2, s + 1, norm > 0.05 ? 0.05 / norm : 1.0);
+            op_adamw_update(&c, master, m->params, m->grads, mom, var, np, &a);
+        }
         op_sync(&c);
         times[s] = now_() - t0;
         size_t u = used_bytes_();
@@ -167,13 +188,17 @@ int main(int argc, char **argv) {
     }
     qsort(times + warm, steps, sizeof(double), cmp_d_);
     const double med = times[warm + steps / 2], fl = 3.0 * dit_flops_forward(&m->cfg, &sh);
-    printf("{\"impl\": \"qie-dit\", \"layers\": %d, \"grad_ckpt\": %s, \"text_mask\": true, \"res\": %d, \"n_src\": 1, "
+    printf("{\"impl\": \"qie-dit\", \"optimizer\": %s, \"layers\": %d, \"grad_ckpt\": %s, \"text_mask\": true, \"res\": %d, \"n_src\": 1, "
            "\"txt\": %d, \"tokens\": %zu, \"step_s_median\": %.4f, \"step_s_min\": %.4f, \"model_tflops\": %.1f, "
            "\"step_s_per_layer\": %.5f, \"peak_mem_gib\": %.2f, \"params_gib\": %.2f, \"grads_gib\": %.2f, "
            "\"activations_gib\": %.2f}\n",
-           layers, ckpt ? "true" : "false", res, txt, n_img + txt, med, times[warm], fl / med / 1e12, med / layers,
+           opt ? "\"adamw-fp32-master\"" : "null", layers, ckpt ? "true" : "false", res, txt, n_img + txt, med, times[warm], fl / med / 1e12, med / layers,
            (peak - mem0) / 1073741824.0, m->lay.num_params * 2 / 1073741824.0, m->lay.num_params * 4 / 1073741824.0,
            dit_activation_bytes(m) / 1073741824.0);
+    op_free(&c, master);
+    op_free(&c, mom);
+    op_free(&c, var);
+    op_free(&c, nscratch);
     free(mask);
     free(times);
     op_free(&c, x);
