@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# scripts/bundle.sh BUILD OUT [NAME...]: gathers executables of BUILD/bin (all, or the NAMEs)
-# and BUILD/tests-gpu, plus the shared libraries they need that a GPU host may lack (everything
+# scripts/bundle.sh BUILD OUT [NAME...]: gathers the executables of BUILD/bin, BUILD/tests-gpu and
+# BUILD/bench (all of them, or just the NAMEs, looked up in those folders), plus the shared libraries they need that a GPU host may lack (everything
 # but glibc, the C++ runtime and CUDA/NCCL), into OUT/ and OUT/lib/, debug info stripped.
 # The binaries carry rpath $ORIGIN/lib, so OUT runs where our Debian packages are not installed.
 # A GPU host rarely needs qie-decode, whose FFmpeg pulls in over 100 libraries: name the stages
@@ -8,9 +8,16 @@
 set -euo pipefail
 build=${1:-build}; out=${2:-$build/bundle}; shift $(( $# >= 2 ? 2 : $# ))
 rm -rf "$out"; mkdir -p "$out/lib"
-if [ $# -gt 0 ]; then for n in "$@"; do cp "$build/bin/$n" "$out/"; done
-else cp "$build"/bin/* "$out/"; fi
-for t in "$build"/tests-gpu/* "$build"/bench/*; do [ -x "$t" ] && [ -f "$t" ] && cp "$t" "$out/"; done
+dirs=("$build/bin" "$build/tests-gpu" "$build/bench")
+if [ $# -gt 0 ]; then
+  for n in "$@"; do
+    f=""; for d in "${dirs[@]}"; do [ -x "$d/$n" ] && f="$d/$n" && break; done
+    [ -n "$f" ] || { echo "bundle: no executable '$n' in ${dirs[*]}" >&2; exit 1; }
+    cp "$f" "$out/"
+  done
+else
+  for d in "${dirs[@]}"; do for t in "$d"/*; do [ -x "$t" ] && [ -f "$t" ] && cp "$t" "$out/"; done; done
+fi
 skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libnccl|libnvidia)'
 for b in "$out"/*; do
   [ -f "$b" ] && [ -x "$b" ] || continue
