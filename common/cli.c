@@ -78,6 +78,13 @@ static int set_value_(char *err, const CliOpt *o, const char *v) {
     case CLI_STR:
         *(const char **)o->dst = v;
         return 0;
+    case CLI_LOG_LEVEL:
+        if (log_parse_level(v, (LogLevel *)o->dst)) {
+            qie_seterr(err, "--%s: '%s' is not debug|info|warn|error|quiet", o->name, v);
+            return QIE_EINVAL;
+        }
+        log_set_level(*(LogLevel *)o->dst);
+        return 0;
     case CLI_STRS: {
         CliStrs *s = o->dst;
         if (s->n >= (int)(sizeof s->v / sizeof *s->v)) {
@@ -184,7 +191,7 @@ static const char *type_hint_(CliType t) {
     switch (t) {
     case CLI_INT: return " N";
     case CLI_FLOAT: return " X";
-    case CLI_STR: return " S";
+    case CLI_STR: case CLI_LOG_LEVEL: return " S";
     case CLI_STRS: return " S...";
     case CLI_IGNORED: return " [S]";
     default: return "";
@@ -219,6 +226,11 @@ void cli_dump(const CliSpec *spec) {
         case CLI_INT: log_info("  --%s = %" PRId64, o->name, *(int64_t *)o->dst); break;
         case CLI_FLOAT: log_info("  --%s = %g", o->name, *(double *)o->dst); break;
         case CLI_STR: log_info("  --%s = %s", o->name, *(const char **)o->dst ? *(const char **)o->dst : "(none)"); break;
+        case CLI_LOG_LEVEL: {
+            static const char *names[] = {"debug", "info", "warn", "error", "quiet"};
+            log_info("  --%s = %s", o->name, names[*(LogLevel *)o->dst]);
+            break;
+        }
         case CLI_STRS: {
             const CliStrs *s = o->dst;
             char line[512] = "";

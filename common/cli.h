@@ -23,6 +23,7 @@ typedef enum {
     CLI_STRS,    /* CliStrs*: one or more values ("nargs='+'"): --x a b c, or repeated --x a --x b */
     CLI_IGNORED, /* takes a value unless the next token starts with "--"; reported once */
     CLI_IGNORED_FLAG, /* takes no value; reported once */
+    CLI_LOG_LEVEL, /* LogLevel*: debug|info|warn|error|quiet, applied with log_set_level as parsed */
 } CliType;
 
 typedef struct {

@@ -34,7 +34,8 @@ static int parse_bucket_(char *err, const char *s, int32_t *hw) {
 
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
-    const char *in_url, *out_url, *log_level, *sync_s, *map_size_s, *bucket_s, *ids_path, *from, *to, *parts, *buckets;
+    LogLevel lv = LOG_INFO;
+    const char *in_url, *out_url, *sync_s, *map_size_s, *bucket_s, *ids_path, *from, *to, *parts, *buckets;
     int64_t batch, sources, count, start, size, sources_max, bad_every, seed, reads, delay_ms;
     double batch_mb;
     int skip_existing, complete, json, ids_only, progress, empty;
@@ -69,7 +70,7 @@ int main(int argc, char **argv) {
         {"empty", CLI_BOOL, &empty, "false", "gen: also prompt_embeds_empty", 0, 0},
         {"delay_ms", CLI_INT, &delay_ms, "0", "gen: sleep between records", 0, 1e6},
         {"reads", CLI_INT, &reads, "1000", "bench-read: random reads", 1, 1e12},
-        {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
     };
     const CliSpec spec = {"qie-cache", "put|cat|ls|stats|verify|rm DIR [options]", about_, opts,
                           (int)(sizeof opts / sizeof *opts), 65};
@@ -90,11 +91,6 @@ int main(int argc, char **argv) {
     int npos = 0;
     int rc = cli_parse(err, &spec, argc - 1, argv + 1, pos, &npos);
     if (rc == 1) return 0;
-    LogLevel lv;
-    if (!rc && log_parse_level(log_level, &lv)) {
-        qie_seterr(err, "--log_level: '%s' is not debug|info|warn|error|quiet", log_level);
-        rc = QIE_EINVAL;
-    }
     int is_gen = !strcmp(cmd, "gen");
     if (!rc && !is_gen && npos < 1) {
         qie_seterr(err, "qie-cache %s: which cache? (qie-cache %s DIR ...)", cmd, cmd);
@@ -132,7 +128,6 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         return 2;
     }
-    log_set_level(lv);
     /* a disk-full test may cap the file size: let write() fail with EFBIG instead of a signal */
     signal(SIGXFSZ, SIG_IGN);
 

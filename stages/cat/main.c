@@ -10,7 +10,8 @@
 
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
-    const char *in_url = NULL, *out_url = NULL, *log_level = NULL;
+    const char *in_url = NULL, *out_url = NULL;
+    LogLevel lv = LOG_INFO;
     int64_t count = -1, skip = 0;
     int print = 0, check = 0;
     const CliOpt opts[] = {
@@ -20,7 +21,7 @@ int main(int argc, char **argv) {
         {"skip", CLI_INT, &skip, "0", "skip the first N records", 0, 9e18},
         {"print", CLI_BOOL, &print, "false", "print one summary line per record (to stdout when there is no --out)", 0, 0},
         {"check", CLI_BOOL, &check, "false", "decode and validate every record on the way", 0, 0},
-        {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
     };
     const CliSpec spec = {"qie-cat", "[--in URL] [--out URL] [--count N] [--skip N] [--print]",
                           "Copies qie records between endpoints unchanged (the same bytes), e.g.\n"
@@ -34,12 +35,6 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         return 2;
     }
-    LogLevel lv;
-    if (log_parse_level(log_level, &lv)) {
-        log_error("--log_level: '%s' is not debug|info|warn|error|quiet", log_level);
-        return 2;
-    }
-    log_set_level(lv);
     if (!out_url && !print) out_url = "-";
     Endpoint *in = NULL, *out = NULL;
     if ((rc = ep_open(err, in_url, EP_READ, &in))) goto fail;

@@ -15,7 +15,8 @@
 
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
-    const char *model = NULL, *in_url = NULL, *out_url = NULL, *device = NULL, *mode_s = NULL, *log_level = NULL;
+    const char *model = NULL, *in_url = NULL, *out_url = NULL, *device = NULL, *mode_s = NULL;
+    LogLevel lv = LOG_INFO;
     double drop = 0.0;
     int64_t max_tokens = 16384, window = 64, prep_threads = 8;
     int keep_cond = 0, progress = 1;
@@ -31,7 +32,7 @@ int main(int argc, char **argv) {
         {"keep_cond", CLI_BOOL, &keep_cond, "false", "keep source_cond.k (only the vision tower reads them)", 0, 0},
         {"prep_threads", CLI_INT, &prep_threads, "8", "CPU threads for the tokenizer and the image processor", 1, 64},
         {"progress", CLI_BOOL, &progress, "true", "report progress on stderr", 0, 0},
-        {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
         {"pretrained_model_name_or_path", CLI_IGNORED, NULL, NULL, "ignored (use --model)", 0, 0},
         {"mixed_precision", CLI_IGNORED, NULL, NULL, "ignored: cpu is fp32, cuda is bf16", 0, 0},
         {"output_dir", CLI_IGNORED, NULL, NULL, "ignored", 0, 0},
@@ -47,12 +48,7 @@ int main(int argc, char **argv) {
     log_init("encode-text");
     int rc = cli_parse(err, &spec, argc, argv, NULL, NULL);
     if (rc == 1) return 0;
-    LogLevel lv = LOG_INFO;
     TextEncOptions o = {QWENVL_EDIT_PLUS, drop, (int)max_tokens, (int)window, keep_cond, (int)prep_threads, NULL};
-    if (!rc && log_parse_level(log_level, &lv)) {
-        qie_seterr(err, "--log_level: '%s' is not debug|info|warn|error|quiet", log_level);
-        rc = QIE_EINVAL;
-    }
     if (!rc && qwenvl_mode_parse(mode_s, &o.mode)) {
         qie_seterr(err, "--train_mode '%s': expected qwen_image_edit or qwen_image_edit_plus", mode_s);
         rc = QIE_EINVAL;
@@ -65,7 +61,6 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         return 2;
     }
-    log_set_level(lv);
     cli_dump(&spec);
 
     OpCtx ctx;

@@ -15,7 +15,8 @@
 
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
-    const char *model = NULL, *in_url = NULL, *out_url = NULL, *device = NULL, *dtype = NULL, *log_level = NULL;
+    const char *model = NULL, *in_url = NULL, *out_url = NULL, *device = NULL, *dtype = NULL;
+    LogLevel lv = LOG_INFO;
     int64_t mini_batch = 1;
     int keep_pixels = 0, progress = 1;
     const CliOpt opts[] = {
@@ -27,7 +28,7 @@ int main(int argc, char **argv) {
         {"keep_pixels", CLI_BOOL, &keep_pixels, "false", "keep target_pixels / source_pixels.k in the output records", 0, 0},
         {"posterior_dtype", CLI_STR, &dtype, "bf16", "dtype of the mean/logvar tensors: bf16 (what the bf16 reference samples from) or f32", 0, 0},
         {"progress", CLI_BOOL, &progress, "true", "report progress on stderr", 0, 0},
-        {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
         /* launch-line options of the reference trainer that do not concern this stage */
         {"pretrained_model_name_or_path", CLI_IGNORED, NULL, NULL, "ignored (use --model)", 0, 0},
         {"mixed_precision", CLI_IGNORED, NULL, NULL, "ignored: cpu is fp32, cuda is bf16", 0, 0},
@@ -45,11 +46,6 @@ int main(int argc, char **argv) {
     log_init("encode-vae");
     int rc = cli_parse(err, &spec, argc, argv, NULL, NULL);
     if (rc == 1) return 0;
-    LogLevel lv = LOG_INFO;
-    if (!rc && log_parse_level(log_level, &lv)) {
-        qie_seterr(err, "--log_level: '%s' is not debug|info|warn|error|quiet", log_level);
-        rc = QIE_EINVAL;
-    }
     EncOptions o = {(int)mini_batch, keep_pixels, QIE_DT_BF16, NULL};
     if (!rc && !strcmp(dtype, "f32")) o.out_dtype = QIE_DT_F32;
     else if (!rc && strcmp(dtype, "bf16")) {
@@ -64,7 +60,6 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         return 2;
     }
-    log_set_level(lv);
     cli_dump(&spec);
 
     OpCtx ctx;

@@ -36,7 +36,8 @@ static int program_index_(int argc, char **argv) {
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
     LaunchConfig cfg = {0};
-    const char *log_level = NULL, *rdzv_endpoint = NULL;
+    LogLevel lv = LOG_INFO;
+    const char *rdzv_endpoint = NULL;
     int standalone = 0;
     const CliOpt opts[] = {
         {"nproc_per_node", CLI_STR, &cfg.nproc_per_node, "auto",
@@ -62,7 +63,7 @@ int main(int argc, char **argv) {
         {"max_restarts", CLI_IGNORED, NULL, NULL, "torchrun's; qie never restarts ranks (resume from a checkpoint)",
          0, 0},
         {"monitor_interval", CLI_IGNORED, NULL, NULL, "torchrun's", 0, 0},
-        {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
     };
     const CliSpec spec = {
         "qie-launch", "[options] PROGRAM [ARGS...]",
@@ -83,12 +84,6 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         return 2;
     }
-    LogLevel lv;
-    if (log_parse_level(log_level, &lv)) {
-        log_error("--log_level: '%s' is not debug|info|warn|error|quiet", log_level);
-        return 2;
-    }
-    log_set_level(lv);
     if (pi >= argc) {
         log_error("no program to launch\nhint: qie-launch [options] qie-train [its options]");
         return 2;

@@ -14,7 +14,8 @@
 
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
-    const char *max_shard_size = NULL, *tag = NULL, *log_level = NULL;
+    LogLevel lv = LOG_INFO;
+    const char *max_shard_size = NULL, *tag = NULL;
     int exclude_frozen = 0, safe = 1, debug = 0;
     const CliOpt opts[] = {
         {"max_shard_size", CLI_STR, &max_shard_size, "80GB",
@@ -24,7 +25,7 @@ int main(int argc, char **argv) {
          "leave out the tensors the run did not train (marked frozen in layout.json)", 0, 0},
         {"tag", CLI_STR, &tag, NULL, "accepted for compatibility (-t): qie checkpoints have one layout, no tags", 0, 0},
         {"debug", CLI_BOOL, &debug, "false", "the same as --log_level debug (-d)", 0, 0},
-        {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
     };
     const CliSpec spec = {
         "qie-merge", "CHECKPOINT_DIR OUTPUT_DIR [options]",
@@ -49,12 +50,7 @@ int main(int argc, char **argv) {
         log_error("%s", err);
         return 2;
     }
-    LogLevel lv;
-    if (log_parse_level(log_level, &lv)) {
-        log_error("--log_level: '%s' is not debug|info|warn|error|quiet", log_level);
-        return 2;
-    }
-    log_set_level(debug ? LOG_DEBUG : lv);
+    if (debug) log_set_level(LOG_DEBUG);
     if (npos != 2) {
         log_error("expected CHECKPOINT_DIR and OUTPUT_DIR\nhint: qie-merge output/checkpoint-N output/checkpoint-N-outputs");
         return 2;
