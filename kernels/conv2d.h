@@ -1,7 +1,9 @@
 /* conv2d.h: 2-D convolution over NHWC activations (the VAE's convs after the still-image
  * reduction of spec/model.md §2.4). CPU fp32 reference and dispatcher in conv2d.c; CUDA
  * launchers in conv2d.cu (bf16 in/out, fp32 accumulation): 1×1 convs are one cuBLASLt GEMM,
- * k×k convs an im2col into the caller's workspace (in chunks of output pixels) + GEMM.
+ * k×k convs with Cin % 8 == 0, Cout % 8 == 0 and Cout ≤ 256 an implicit-GEMM tensor-core kernel
+ * (conv2d_igemm.cuh: no workspace, bias and residual fused), other k×k convs an im2col into the
+ * caller's workspace (in chunks of output pixels) + GEMM.
  *
  * Layouts (row-major, last index fastest):
  *   inp      act [B, H, W, Cin]
@@ -50,6 +52,12 @@ void conv2d_forward(OpCtx *c, void *out, const void *inp, const void *w, const v
  * Bᵀ of B [N,K]. C may be NULL (beta ignored) or alias D. d_f32 selects an f32 D (C ignored). */
 void conv2d_gemm_(OpCtx *c, int M, int N, int K, float alpha, const void *A, int lda, int ta, const void *B, int ldb,
                   int tb, const void *C, int ldc, float beta, void *D, int ldd, int d_f32, const void *bias);
+/* Tests and benchmarks: force the k×k path process-wide. v = -2: automatic (the default);
+ * -1: im2col + cuBLASLt; 0 .. conv2d_variant_count()-1: that implicit-GEMM tile configuration
+ * (also for 1×1 convs, which otherwise stay on cuBLASLt). Returns 0, or -1 for a bad v. */
+int conv2d_set_variant(int v);
+int conv2d_variant_count(void);
+const char *conv2d_variant_name(int v);
 #endif
 
 #ifdef __cplusplus

@@ -1,7 +1,9 @@
 /* test_vae_gpu: the VAE encoder's CUDA path. Needs a GPU.
  *   - each op's CUDA twin against its CPU reference on the same bf16-rounded inputs: conv2d
  *     (3×3 pad 1 with the vector and the scalar im2col, stride-2 downsample, 1×1 + residual,
- *     chunked im2col through a small workspace), channel RMS norm (+SiLU), attention (one
+ *     chunked im2col through a small workspace; each shape on every path: automatic, im2col +
+ *     cuBLASLt and each implicit-GEMM variant, output poisoned with NaN first; odd sides, Cin 8
+ *     and 24, partial N tiles), channel RMS norm (+SiLU; vector and scalar kernels), attention (one
  *     chunk and several, N not a multiple of 8), NCHW->NHWC, posterior;
  *   - golden: vae-tiny (scripts/golden/vae.py) on cuda against diffusers' fp32 outputs;
  *   - the real configuration (random weights) at 48x32: cuda against the CPU fp32 path.
@@ -59,12 +61,34 @@ static void conv_case_(int B, int H, int W, int Cin, int Cout, int k, int stride
     op_conv2d(&cpu, y, x, w, b, res ? r : NULL, &s, NULL, 0);
     if (!ws_bytes) ws_bytes = op_conv2d_workspace(&gpu, &s) * 64;
     void *ws = op_alloc(&gpu, ws_bytes ? ws_bytes : 16), *dy = op_alloc(&gpu, no * 2);
-    op_conv2d(&gpu, dy, dx, dw, db, res ? dr : NULL, &s, ws, ws_bytes);
-    float *yg = down_(dy, no);
-    double e = rel_err_(yg, y, no);
-    printf("  conv2d %-34s rel err %.3g\n", what, e);
-    CHECK(e < 1e-2, "%s", what);
-    free(x); free(w); free(b); free(r); free(y); free(yg);
+    /* poison the output (bf16 NaN): an element the kernel leaves unwritten fails the check */
+    float *nan = malloc(no * sizeof(float));
+    for (size_t i = 0; i < no; i++) nan[i] = NAN;
+    op_upload_act(&gpu, dy, nan, no);
+    free(nan);
+    /* every path: automatic, im2col + cuBLASLt, then each implicit-GEMM variant (k×k with
+     * Cin % 8 == 0 and Cout % 8 == 0; the variants serve 1×1 convs too when forced) */
+    const int nv = conv2d_variant_count();
+    const int vmax = (Cin % 8 == 0 && Cout % 8 == 0) ? nv : -1;
+    for (int v = -2; v < vmax; v++) {
+        conv2d_set_variant(v);
+        op_conv2d(&gpu, dy, dx, dw, db, res ? dr : NULL, &s, ws, ws_bytes);
+        conv2d_set_variant(-2);
+        float *yg = down_(dy, no);
+        size_t bad = 0;
+        for (size_t i = 0; i < no; i++) bad += !isfinite(yg[i]);
+        double e = rel_err_(yg, y, no);
+        printf("  conv2d %-40s %-16s rel err %.3g%s\n", what, conv2d_variant_name(v), e, bad ? " NON-FINITE" : "");
+        CHECK(e < 1e-2 && !bad, "%s, %s: %zu non-finite", what, conv2d_variant_name(v), bad);
+        free(yg);
+        { /* re-poison between variants */
+            float *p2 = malloc(no * sizeof(float));
+            for (size_t i = 0; i < no; i++) p2[i] = NAN;
+            op_upload_act(&gpu, dy, p2, no);
+            free(p2);
+        }
+    }
+    free(x); free(w); free(b); free(r); free(y);
     op_free(&gpu, dx); op_free(&gpu, dw); op_free(&gpu, db); op_free(&gpu, dr); op_free(&gpu, ws); op_free(&gpu, dy);
 }
 
@@ -75,10 +99,16 @@ static void test_conv2d_gpu(void) {
     conv_case_(2, 16, 10, 64, 64, 3, 2, 0, 1, 0, 0, "3x3 stride 2 pad (0,1)");
     conv_case_(2, 11, 13, 64, 128, 1, 1, 0, 0, 1, 0, "1x1 + residual");
     conv_case_(1, 20, 20, 32, 48, 3, 1, 1, 1, 1, 3 * 9 * 32 * 2 + 10, "3x3 + residual, 3-row chunks");
+    /* implicit-GEMM edges: taps straddling K tiles (Cin 24), Cout not a multiple of the N tile,
+     * odd sides with stride 2, wide K, a narrow Cout with the residual, M past several tiles */
+    conv_case_(1, 9, 11, 24, 40, 3, 1, 1, 1, 1, 0, "3x3 24->40 + residual, odd");
+    conv_case_(1, 33, 35, 192, 384, 3, 2, 0, 1, 0, 0, "3x3 192->384 stride 2, 33x35");
+    conv_case_(1, 13, 9, 384, 32, 3, 1, 1, 1, 1, 0, "3x3 384->32 + residual");
+    conv_case_(3, 40, 37, 96, 192, 3, 1, 1, 1, 0, 0, "3x3 96->192, B=3 40x37");
+    conv_case_(2, 31, 29, 8, 96, 3, 1, 1, 1, 0, 0, "3x3 8->96 B=2 31x29");
 }
 
-static void test_rmsnorm_gpu(void) {
-    const int M = 1000, C = 384;
+static void rmsnorm_case_(int M, int C) {
     void *dx, *dg;
     float *x = rand_((size_t)M * C, 5, 2, &dx), *g = rand_(C, 6, 1, &dg), *y = malloc(sizeof(float) * M * C);
     void *dy = op_alloc(&gpu, (size_t)M * C * 2);
@@ -87,12 +117,26 @@ static void test_rmsnorm_gpu(void) {
         op_rmsnorm_channels(&gpu, dy, dx, dg, M, C, silu);
         float *yg = down_(dy, (size_t)M * C);
         double e = rel_err_(yg, y, (size_t)M * C);
-        printf("  rmsnorm silu=%d rel err %.3g\n", silu, e);
+        printf("  rmsnorm M=%d C=%d silu=%d rel err %.3g\n", M, C, silu, e);
         CHECK(e < 1e-2);
         free(yg);
     }
+    /* in place (out == inp) gives the same as out of place */
+    op_rmsnorm_channels(&gpu, dy, dx, dg, M, C, 1);
+    op_rmsnorm_channels(&gpu, dx, dx, dg, M, C, 1);
+    float *a = down_(dy, (size_t)M * C), *b = down_(dx, (size_t)M * C);
+    CHECK(!memcmp(a, b, sizeof(float) * M * C), "rmsnorm in place, C=%d", C);
+    free(a); free(b);
     free(x); free(g); free(y);
     op_free(&gpu, dx); op_free(&gpu, dg); op_free(&gpu, dy);
+}
+
+static void test_rmsnorm_gpu(void) {
+    rmsnorm_case_(1000, 384); /* 2 chunks per lane */
+    rmsnorm_case_(1001, 96);  /* 16 lanes per row, 12 live */
+    rmsnorm_case_(333, 192);  /* 32 lanes, 24 live */
+    rmsnorm_case_(77, 64);    /* 8 lanes */
+    rmsnorm_case_(50, 12);    /* C % 8 != 0: the scalar kernel */
 }
 
 static void attn_case_(int B, int N, int C, size_t ws_bytes, const char *what) {
