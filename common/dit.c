@@ -10,7 +10,11 @@
  *
  * Gradient checkpointing (m->grad_ckpt): the forward keeps only each block's input residuals
  * (hx[l], he[l]) and one block's activation set; the backward recomputes block l into that set
- * before differentiating it (torch.utils.checkpoint per block, as the reference trainer runs). */
+ * before differentiating it (torch.utils.checkpoint per block, as the reference trainer runs).
+ *
+ * Parameter hook (dit.h DitHook): every use of a range's parameters or gradients is bracketed
+ * (acquire/release, grad_begin/grad_end), so ZeRO-3 can gather block l just before it runs and
+ * reduce-scatter its gradient right after; without a hook the brackets do nothing. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,15 +83,45 @@ static inline void *at_(const Dit *m, const void *p, size_t elems) {
 }
 
 void *dit_param(const Dit *m, int layer, int t) {
-    return at_(m, m->params, m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset);
+    return m->params ? at_(m, m->params, m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset) : NULL;
 }
 
 float *dit_grad(const Dit *m, int layer, int t) {
     return m->grads ? m->grads + m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset : NULL;
 }
 
-#define P(l, t) dit_param(m, (l), (t))
-#define G(l, t) dit_grad(m, (l), (t))
+/* What the model reads and writes: the range's base from the hook (DitHook) when one handed it
+ * out, else the resident buffer. */
+static void *param_(const Dit *m, int layer, int t) {
+    const int r = dit_range_of_layer(&m->lay, layer);
+    if (!m->rp[r]) return dit_param(m, layer, t);
+    return at_(m, m->rp[r], m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset - m->lay.ranges[r].offset);
+}
+
+static float *grad_(const Dit *m, int layer, int t) {
+    const int r = dit_range_of_layer(&m->lay, layer);
+    if (!m->rg[r]) return dit_grad(m, layer, t);
+    return m->rg[r] + (m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset - m->lay.ranges[r].offset);
+}
+
+#define P(l, t) param_(m, (l), (t))
+#define G(l, t) grad_(m, (l), (t))
+
+/* hook brackets (no-ops without a hook) */
+static void acquire_(Dit *m, int r, DitPhase ph) {
+    if (m->hook.param_acquire) m->rp[r] = m->hook.param_acquire(m->hook.ud, r, ph);
+}
+static void release_(Dit *m, int r, DitPhase ph) {
+    if (m->hook.param_release) m->hook.param_release(m->hook.ud, r, ph);
+    m->rp[r] = NULL;
+}
+static void grad_begin_(Dit *m, int r) {
+    if (m->hook.grad_begin) m->rg[r] = m->hook.grad_begin(m->hook.ud, r);
+}
+static void grad_end_(Dit *m, int r) {
+    if (m->hook.grad_end) m->hook.grad_end(m->hook.ud, r);
+    m->rg[r] = NULL;
+}
 
 /* Arena carving: with base == NULL only sizes are summed. 256-byte aligned slices. */
 typedef struct {
@@ -192,6 +226,10 @@ static void acts_free_(Dit *m) {
 }
 
 int dit_create(char *err, OpCtx *ctx, const DitConfig *cfg, int train, int grad_ckpt, Dit **out) {
+    return dit_create2(err, ctx, cfg, train, grad_ckpt, 0, out);
+}
+
+int dit_create2(char *err, OpCtx *ctx, const DitConfig *cfg, int train, int grad_ckpt, unsigned flags, Dit **out) {
     Dit *m = calloc(1, sizeof *m);
     if (!m) {
         qie_seterr(err, "dit_create: out of memory");
@@ -207,10 +245,25 @@ int dit_create(char *err, OpCtx *ctx, const DitConfig *cfg, int train, int grad_
     m->ctx = ctx;
     m->train = train;
     m->grad_ckpt = grad_ckpt;
-    m->params = op_alloc(ctx, m->lay.num_params * op_act_size(ctx));
-    if (train) m->grads = op_alloc(ctx, m->lay.num_params * sizeof(float));
+    m->rp = calloc((size_t)m->lay.nranges, sizeof *m->rp);
+    m->rg = calloc((size_t)m->lay.nranges, sizeof *m->rg);
+    if (!m->rp || !m->rg) {
+        free(m->rp);
+        free(m->rg);
+        dit_layout_free(&m->lay);
+        free(m);
+        qie_seterr(err, "dit_create: out of memory");
+        return QIE_ENOMEM;
+    }
+    if (!(flags & DIT_CREATE_NO_PARAMS)) m->params = op_alloc(ctx, m->lay.num_params * op_act_size(ctx));
+    if (train && !(flags & DIT_CREATE_NO_GRADS)) m->grads = op_alloc(ctx, m->lay.num_params * sizeof(float));
     *out = m;
     return 0;
+}
+
+void dit_set_hook(Dit *m, const DitHook *h) {
+    if (h) m->hook = *h;
+    else memset(&m->hook, 0, sizeof m->hook);
 }
 
 void dit_destroy(Dit **pm) {
@@ -219,12 +272,16 @@ void dit_destroy(Dit **pm) {
     acts_free_(m);
     op_free(m->ctx, m->params);
     op_free(m->ctx, m->grads);
+    free(m->rp);
+    free(m->rg);
     dit_layout_free(&m->lay);
     free(m);
     *pm = NULL;
 }
 
-void dit_set_params(Dit *m, const float *h_params) { op_upload_act(m->ctx, m->params, h_params, m->lay.num_params); }
+void dit_set_params(Dit *m, const float *h_params) {
+    if (m->params) op_upload_act(m->ctx, m->params, h_params, m->lay.num_params);
+}
 
 int dit_create_from_dir(char *err, OpCtx *ctx, const char *dir, int train, int grad_ckpt, Dit **out) {
     DitConfig cfg;
@@ -492,6 +549,7 @@ int dit_forward(char *err, Dit *m, const DitShape *sh, const void *x, const void
         free(kv);
     }
     /* 1. img_in */
+    acquire_(m, 0, DIT_PHASE_FORWARD);
     op_matmul(c, a->h[0][0], x, P(-1, DIT_IMG_IN_W), P(-1, DIT_IMG_IN_B), B * a->N[0], cf->in_channels, D);
     /* 2-3. t cast to the activation dtype (spec 1.10); zero_cond_t appends B zeros (spec 1.9) */
     float tt[2 * 4096];
@@ -512,13 +570,20 @@ int dit_forward(char *err, Dit *m, const DitShape *sh, const void *x, const void
     op_silu(c, a->t1s, a->t1, (size_t)a->Bm * D);
     op_matmul(c, a->temb, a->t1s, P(-1, DIT_T_LIN2_W), P(-1, DIT_T_LIN2_B), a->Bm, D, D);
     op_silu(c, a->stemb, a->temb, (size_t)a->Bm * D);
+    release_(m, 0, DIT_PHASE_FORWARD);
     /* 7. blocks */
-    for (int l = 0; l < L; l++) block_forward_(m, l, &a->blk[a->nblk == L ? l : 0]);
+    for (int l = 0; l < L; l++) {
+        acquire_(m, 1 + l, DIT_PHASE_FORWARD);
+        block_forward_(m, l, &a->blk[a->nblk == L ? l : 0]);
+        release_(m, 1 + l, DIT_PHASE_FORWARD);
+    }
     /* 8-9. norm_out (scale first, then shift; temb[0:B]) and proj_out */
+    acquire_(m, L + 1, DIT_PHASE_FORWARD);
     op_matmul(c, a->mod_out, a->stemb, P(L, DIT_NORM_OUT_W), P(L, DIT_NORM_OUT_B), B, D, 2 * D);
     const AdaMod mo = {B, a->N[0], D, 1, a->N[0], 2 * D};
     op_layernorm_modulate(c, a->a_out, a->lno_mean, a->lno_rstd, a->h[0][L], at_(m, a->mod_out, D), a->mod_out, &mo);
     op_matmul(c, a->out, a->a_out, P(L, DIT_PROJ_OUT_W), P(L, DIT_PROJ_OUT_B), B * a->N[0], D, cf->out_dim);
+    release_(m, L + 1, DIT_PHASE_FORWARD);
     a->have_fwd = 1;
     *out = a->out;
     return 0;
@@ -526,7 +591,7 @@ int dit_forward(char *err, Dit *m, const DitShape *sh, const void *x, const void
 
 int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     struct DitActs *a = m->acts;
-    if (!m->train || !m->grads || !a || !a->have_fwd) {
+    if (!m->train || (!m->grads && !m->hook.grad_begin) || !a || !a->have_fwd) {
         qie_seterr(err, "dit_backward: needs a model created with train = 1 and a dit_forward before it");
         return QIE_EINVAL;
     }
@@ -539,6 +604,8 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     op_zero(c, a->dh[1], (size_t)Rt * D * es);
     op_zero(c, a->d_stemb, (size_t)a->Bm * D * es);
     /* output head */
+    acquire_(m, L + 1, DIT_PHASE_BACKWARD);
+    grad_begin_(m, L + 1);
     op_matmul_backward(c, a->d_aout, G(L, DIT_PROJ_OUT_W), G(L, DIT_PROJ_OUT_B), d_out, a->a_out, P(L, DIT_PROJ_OUT_W),
                        Ri, D, cf->out_dim);
     const AdaMod mo = {B, a->N[0], D, 1, a->N[0], 2 * D};
@@ -547,13 +614,21 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     op_matmul_backward(c, a->d_tmp, G(L, DIT_NORM_OUT_W), G(L, DIT_NORM_OUT_B), a->d_modout, a->stemb,
                        P(L, DIT_NORM_OUT_W), B, D, 2 * D);
     op_add_inplace(c, a->d_stemb, a->d_tmp, (size_t)B * D);
+    grad_end_(m, L + 1);
+    release_(m, L + 1, DIT_PHASE_BACKWARD);
     /* blocks, last to first; with checkpointing each block is recomputed from its saved inputs */
     for (int l = L - 1; l >= 0; l--) {
         BlockActs *b = &a->blk[a->nblk == L ? l : 0];
+        acquire_(m, 1 + l, DIT_PHASE_BACKWARD);
         if (a->nblk != L) block_forward_(m, l, b);
+        grad_begin_(m, 1 + l);
         block_backward_(m, l, b);
+        grad_end_(m, 1 + l);
+        release_(m, 1 + l, DIT_PHASE_BACKWARD);
     }
     /* timestep MLP */
+    acquire_(m, 0, DIT_PHASE_BACKWARD);
+    grad_begin_(m, 0);
     op_silu_backward(c, a->d_temb, a->d_stemb, a->temb, (size_t)a->Bm * D);
     op_matmul_backward(c, a->d_t1s, G(-1, DIT_T_LIN2_W), G(-1, DIT_T_LIN2_B), a->d_temb, a->t1s, P(-1, DIT_T_LIN2_W),
                        a->Bm, D, D);
@@ -568,5 +643,7 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     /* image input */
     op_matmul_backward(c, d_x, G(-1, DIT_IMG_IN_W), G(-1, DIT_IMG_IN_B), a->dh[0], a->x, P(-1, DIT_IMG_IN_W), Ri,
                        cf->in_channels, D);
+    grad_end_(m, 0);
+    release_(m, 0, DIT_PHASE_BACKWARD);
     return 0;
 }

@@ -24,7 +24,8 @@
  *
  * defines: DitConfig, dit_config_*, DitTensorInfo, DitRange, DitLayout, dit_layout_*, dit_tensor,
  *          dit_load_weights, dit_writer_add, DitShape, Dit, dit_create/destroy, dit_forward,
- *          dit_backward, dit_zero_grad, dit_param, dit_grad, dit_flops_forward */
+ *          dit_backward, dit_zero_grad, dit_param, dit_grad, dit_flops_forward, DitHook, dit_set_hook,
+ *          dit_create2, dit_range_of_layer */
 #ifndef QIE_COMMON_DIT_H
 #define QIE_COMMON_DIT_H
 
@@ -149,6 +150,30 @@ typedef struct {
     int img_shapes[DIT_MAX_IMAGES][3]; /* frames, height, width in patches */
 } DitShape;
 
+/* Parameter hook (ZeRO-3 / FSDP FULL_SHARD, and single-process block residency): who owns a
+ * range's parameters and gradients while the model runs. Range r = 0 inputs, 1 + l block l,
+ * L + 1 outputs (lay.ranges). Without a hook (the default) every range lives in the resident
+ * m->params / m->grads and nothing below is called, so behaviour is unchanged.
+ * The model touches one range at a time and brackets every use:
+ *   forward   acquire(0) .. release(0), acquire(1) .. release(1), ..., acquire(L+1) .. release(L+1)
+ *   backward  acquire(L+1) grad_begin(L+1) .. grad_end(L+1) release(L+1), then L, ..., 1, then 0
+ *             (with gradient checkpointing a block is recomputed inside its acquire/release)
+ * so a provider can gather range r just before it is used, prefetch the next one in that order,
+ * and reduce a range's gradient as soon as grad_end says it is complete (overlapping the rest of
+ * the backward). A callback left NULL means "the resident buffer" for that part. */
+typedef enum { DIT_PHASE_FORWARD = 0, DIT_PHASE_BACKWARD = 1 } DitPhase;
+typedef struct {
+    void *ud;
+    /* act memory (ctx's device) holding range r with the buffer's relative layout: tensor k of r
+     * at (lay.tensors[k].offset - lay.ranges[r].offset) elements. Valid until release(r). */
+    const void *(*param_acquire)(void *ud, int r, DitPhase ph);
+    void (*param_release)(void *ud, int r, DitPhase ph);
+    /* f32 memory, same relative layout, that range r's gradients ACCUMULATE into during this
+     * backward (the provider zeroes or preloads it). Valid until grad_end(r). */
+    float *(*grad_begin)(void *ud, int r);
+    void (*grad_end)(void *ud, int r); /* range r's gradients of this backward are complete */
+} DitHook;
+
 typedef struct {
     DitConfig cfg;
     DitLayout lay;
@@ -159,19 +184,35 @@ typedef struct {
     int train;                  /* keep what the backward needs */
     int grad_ckpt;              /* recompute each block in the backward */
     struct DitActs *acts;       /* activation arena (dit.c) */
+    DitHook hook;               /* dit_set_hook; zeroed: resident buffers */
+    const void **rp;            /* [L+2] range bases handed out by hook.param_acquire (dit.c) */
+    float **rg;                 /* [L+2] range bases handed out by hook.grad_begin */
 } Dit;
+
+#define DIT_CREATE_NO_PARAMS 1u /* dit_create2: no resident params (a hook provides every range) */
+#define DIT_CREATE_NO_GRADS 2u  /* dit_create2: no resident grads (a hook provides every range) */
 
 /* Allocates params (zeroed) and, with train, grads. *out must be NULL; free with dit_destroy
  * (NULL-safe). ctx must outlive the model. */
 int dit_create(char *err, OpCtx *ctx, const DitConfig *cfg, int train, int grad_ckpt, Dit **out);
+/* dit_create with flags (DIT_CREATE_*): ZeRO-3 leaves out the full-size buffers it never uses. */
+int dit_create2(char *err, OpCtx *ctx, const DitConfig *cfg, int train, int grad_ckpt, unsigned flags, Dit **out);
 void dit_destroy(Dit **m);
+/* Installs a parameter hook (copied), or removes it (NULL). A model without resident params or
+ * grads (DIT_CREATE_NO_*) needs the matching callbacks before dit_forward / dit_backward. */
+void dit_set_hook(Dit *m, const DitHook *h);
+/* The range of a layer as in dit_tensor_index: -1 -> 0, 0..L-1 -> 1 + l, L -> L + 1. */
+static inline int dit_range_of_layer(const DitLayout *lay, int layer) {
+    return layer < 0 ? 0 : layer >= lay->cfg.num_layers ? lay->cfg.num_layers + 1 : layer + 1;
+}
 /* Uploads host f32 parameters (dit_load_weights' output) into m->params (rounded to act). */
 void dit_set_params(Dit *m, const float *h_params);
 /* Loads config + weights from a model folder (as dit_config_load) and creates the model. */
 int dit_create_from_dir(char *err, OpCtx *ctx, const char *dir, int train, int grad_ckpt, Dit **out);
 void dit_zero_grad(Dit *m);
 
-/* Pointers into the buffers for (layer, tensor) as in dit_tensor_index. */
+/* Pointers into the resident buffers for (layer, tensor) as in dit_tensor_index (NULL-based
+ * when the model was created without them). */
 void *dit_param(const Dit *m, int layer, int t);
 float *dit_grad(const Dit *m, int layer, int t);
 

@@ -659,8 +659,214 @@ static void test_tb(void) {
     rmrf_(dir);
 }
 
+/* ---- several ranks (dist.c) ------------------------------------------------------------------ */
+
+/* Full f32 weights of DIR: a checkpoint of either format (master) or a transformer folder. */
+static int full_weights_(char *err, const DitLayout *lay, const char *dir, float *out) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/layout.json", dir);
+    struct stat sb;
+    if (!stat(p, &sb)) {
+        CkptReader *r = NULL;
+        int rc = ckpt_reader_open(err, dir, &r);
+        if (!rc) rc = ckpt_reader_check(err, r, lay);
+        if (!rc) rc = ckpt_reader_read(err, r, CKPT_MASTER, 0, lay->num_params, out);
+        ckpt_reader_close(&r);
+        return rc;
+    }
+    snprintf(p, sizeof p, "%s/optimizer", dir);
+    if (!stat(p, &sb)) {
+        float *m = malloc(lay->num_params * sizeof *m), *v = malloc(lay->num_params * sizeof *v);
+        int rc = m && v ? ckpt_load_optimizer(err, dir, lay, out, m, v) : QIE_ENOMEM;
+        free(m);
+        free(v);
+        return rc;
+    }
+    StModel *st = NULL;
+    int rc = st_model_open(err, dir, &st);
+    if (!rc) rc = dit_load_weights(err, lay, st, out);
+    st_model_close(&st);
+    return rc;
+}
+
+/* test_train --max-diff MODEL A B: max |A - B| over the weights (t_dist.sh) */
+static int max_diff_main_(const char *model, const char *a, const char *b) {
+    char err[QIE_ERR_LEN];
+    DitConfig dc;
+    DitLayout lay = {0};
+    if (dit_config_load(err, model, &dc) || dit_layout_init(err, &lay, &dc)) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    float *x = malloc(lay.num_params * sizeof *x), *y = malloc(lay.num_params * sizeof *y);
+    if (!x || !y || full_weights_(err, &lay, a, x) || full_weights_(err, &lay, b, y)) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    double md = 0, mw = 0;
+    int where = 0;
+    for (int k = 0; k < lay.ntensors; k++)
+        for (size_t i = 0; i < lay.tensors[k].numel; i++) {
+            size_t o = lay.tensors[k].offset + i;
+            double d = fabs((double)x[o] - y[o]);
+            if (d > md) md = d, where = k;
+            if (fabs(x[o]) > mw) mw = fabs(x[o]);
+        }
+    printf("%.3g %s (max |w| %.3g)\n", md, lay.tensors[where].name, mw);
+    free(x);
+    free(y);
+    dit_layout_free(&lay);
+    return 0;
+}
+
+static void test_dist_flags(void) {
+    char dir[512], p[700], err[QIE_ERR_LEN];
+    tmpdir_(dir, sizeof dir);
+    TrainConfig c;
+    cfg_init_(&c, dir);
+    c.world = 4;
+    c.train_batch_size = 1;
+    c.gradient_accumulation_steps = 2;
+    DistFlags f = {0};
+    f.zero_stage = -1;
+    /* the reference's config/zero_stage2_config.json and zero_stage3_config.json (§7.1, §7.2) */
+    snprintf(p, sizeof p, "%s/z2.json", dir);
+    const char *z2 = "{\"bf16\": {\"enabled\": true}, \"train_micro_batch_size_per_gpu\": 1, \"train_batch_size\": \"auto\", "
+                     "\"gradient_accumulation_steps\": \"auto\", \"dump_state\": true, \"zero_optimization\": {\"stage\": 2, "
+                     "\"overlap_comm\": true, \"contiguous_gradients\": true, \"sub_group_size\": 1e9, \"reduce_bucket_size\": 5e8}}";
+    CHECK_RC(train_write_file(err, p, z2, strlen(z2)), err);
+    f.use_deepspeed = 1;
+    f.deepspeed_config_file = p;
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_ZERO2, "%d", (int)c.strategy);
+    snprintf(p, sizeof p, "%s/z3.json", dir);
+    const char *z3 = "{\"bf16\": {\"enabled\": true}, \"train_micro_batch_size_per_gpu\": 1, \"train_batch_size\": 8, "
+                     "\"gradient_accumulation_steps\": \"auto\", \"gradient_clipping\": \"auto\", \"zero_optimization\": "
+                     "{\"stage\": 3, \"stage3_gather_16bit_weights_on_model_save\": \"auto\", \"offload_optimizer\": "
+                     "{\"device\": \"none\"}}}";
+    CHECK_RC(train_write_file(err, p, z3, strlen(z3)), err);
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_ZERO3 && c.param_residency_block);
+    c.gradient_accumulation_steps = 3; /* train_batch_size 8 != 1 x 3 x 4 */
+    CHECK(dst_resolve(err, &f, &c) == QIE_EINVAL && strstr(err, "train_batch_size"), "%s", err);
+    c.gradient_accumulation_steps = 2;
+    f.zero_stage = 0; /* --zero_stage wins */
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_DDP);
+    snprintf(p, sizeof p, "%s/fp16.json", dir);
+    const char *h = "{\"fp16\": {\"enabled\": true}, \"zero_optimization\": {\"stage\": 2}}";
+    CHECK_RC(train_write_file(err, p, h, strlen(h)), err);
+    f.zero_stage = -1;
+    CHECK(dst_resolve(err, &f, &c) == QIE_EUNSUPPORTED);
+    /* FSDP spellings */
+    memset(&f, 0, sizeof f);
+    f.zero_stage = -1;
+    f.use_fsdp = 1;
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_ZERO3, "FULL_SHARD is the default");
+    f.fsdp_sharding_strategy = "SHARD_GRAD_OP";
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_ZERO2);
+    f.fsdp_sharding_strategy = "3";
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_DDP);
+    f.fsdp_sharding_strategy = "HYBRID_SHARD";
+    CHECK(dst_resolve(err, &f, &c) == QIE_EUNSUPPORTED);
+    /* --distributed; world 3 cannot shard blocks equally: ddp */
+    memset(&f, 0, sizeof f);
+    f.zero_stage = -1;
+    f.distributed = "fsdp";
+    c.world = 3;
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_DDP, "world 3 falls back to ddp");
+    c.world = 1;
+    f.distributed = NULL;
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_NONE);
+    f.param_residency = "block"; /* one process: zero3 with the weights made per block */
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_ZERO3 && c.param_residency_block);
+    f.distributed = "zero2";
+    CHECK(dst_resolve(err, &f, &c) == QIE_EINVAL);
+    f.distributed = "bogus";
+    f.param_residency = NULL;
+    CHECK(dst_resolve(err, &f, &c) == QIE_EINVAL);
+    rmrf_(dir);
+}
+
+/* One process, --distributed ddp and zero3 (= --param_residency block: no resident bf16 weights,
+ * each block made from the fp32 master when used) against the plain trainer: the same bits. The
+ * world-1 collectives are copies and zero3's per-pass gradient slots add in the same order as
+ * the resident buffer. Then a zero3 checkpoint resumed by the plain trainer (and vice versa). */
+static void test_dist_world1(void) {
+    char d0[512], d1[512], d2[512], err[QIE_ERR_LEN] = "";
+    tmpdir_(d0, sizeof d0);
+    tmpdir_(d1, sizeof d1);
+    tmpdir_(d2, sizeof d2);
+    TrainStrategy st[3] = {TS_NONE, TS_DDP, TS_ZERO3};
+    const char *dirs[3] = {d0, d1, d2};
+    for (int i = 0; i < 3; i++) {
+        TrainConfig c;
+        cfg_golden_(&c, "b", dirs[i]);
+        c.draws_path = NULL;
+        c.uniform_sampling = 1;
+        c.gradient_checkpointing = 1; /* zero3 recomputes inside acquire/release */
+        c.checkpointing_steps = 5;
+        c.strategy = st[i];
+        c.param_residency_block = i == 2;
+        CHECK_RC(train_run(err, &c), err);
+    }
+    DitConfig dc;
+    DitLayout lay = {0};
+    CHECK_RC(dit_config_load(err, gpath_("model"), &dc), err);
+    CHECK_RC(dit_layout_init(err, &lay, &dc), err);
+    float *w[3];
+    for (int i = 0; i < 3; i++) {
+        char p[700];
+        snprintf(p, sizeof p, "%s/checkpoint-10", dirs[i]);
+        w[i] = calloc(lay.num_params, sizeof(float));
+        CHECK_RC(full_weights_(err, &lay, p, w[i]), err);
+    }
+    for (int i = 1; i < 3; i++) {
+        size_t bad = 0;
+        for (size_t k = 0; k < lay.num_params; k++) bad += w[i][k] != w[0][k];
+        CHECK(bad == 0, "%s: %zu of %zu weights differ from the plain trainer", i == 1 ? "ddp" : "zero3", bad, lay.num_params);
+    }
+    same_tree_(d0, d2, "transformer");
+    /* cross-format resume: plain checkpoint-5 continued by zero3, and zero3's by the plain trainer */
+    for (int i = 0; i < 2; i++) {
+        char o[512], from[700];
+        tmpdir_(o, sizeof o);
+        snprintf(from, sizeof from, "%s/checkpoint-5", i ? d2 : d0);
+        TrainConfig c;
+        cfg_golden_(&c, "b", o);
+        c.draws_path = NULL;
+        c.uniform_sampling = 1;
+        c.checkpointing_steps = 5;
+        c.resume_from_checkpoint = from;
+        c.strategy = i ? TS_NONE : TS_ZERO3;
+        c.param_residency_block = !i;
+        CHECK_RC(train_run(err, &c), err);
+        char p[700];
+        snprintf(p, sizeof p, "%s/checkpoint-10", o);
+        float *x = calloc(lay.num_params, sizeof(float));
+        CHECK_RC(full_weights_(err, &lay, p, x), err);
+        size_t bad = 0;
+        for (size_t k = 0; k < lay.num_params; k++) bad += x[k] != w[0][k];
+        CHECK(bad == 0, "resume %s -> %s: %zu weights differ", i ? "zero3" : "plain", i ? "plain" : "zero3", bad);
+        free(x);
+        rmrf_(o);
+    }
+    for (int i = 0; i < 3; i++) free(w[i]);
+    dit_layout_free(&lay);
+    rmrf_(d0);
+    rmrf_(d1);
+    rmrf_(d2);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "--make-demo")) return write_records_(argv[2], argc > 3 ? atoi(argv[3]) : 24, -1, -5) ? 1 : 0;
+    if (argc == 5 && !strcmp(argv[1], "--max-diff")) return max_diff_main_(argv[2], argv[3], argv[4]);
     log_init("test-train");
     log_set_level(getenv("QIE_TEST_VERBOSE") ? LOG_INFO : LOG_ERROR);
     TEST_RUN(test_randperm);
@@ -674,5 +880,7 @@ int main(int argc, char **argv) {
     TEST_RUN(test_golden_b);
     TEST_RUN(test_resume_exact);
     TEST_RUN(test_bad_records_and_nan);
+    TEST_RUN(test_dist_flags);
+    TEST_RUN(test_dist_world1);
     return TEST_DONE();
 }

@@ -11,6 +11,9 @@
  *   trainer_state.json      step, micro-batch counter (the RNG position), epoch and position in
  *                           it, seed, the data fingerprint, the settings resume must keep
  *   qie_checkpoint_complete written last; a folder without it is never `latest`
+ * Several ranks (dist.c) write the sharded qie-zero/1 format instead of optimizer/: rank files,
+ * layout.json, config.json (ckpt_shard.h), with the same transformer/, trainer_state.json and marker.
+ *
  * Atomicity: everything is written into OUTPUT_DIR/.checkpoint-N.tmp.PID, every file and folder
  * fsync'ed, the marker written and fsync'ed, then one rename(2) to checkpoint-N and an fsync of
  * OUTPUT_DIR. A crash leaves at most a .tmp folder, which the next run deletes. */
@@ -364,6 +367,30 @@ static int publish_(char *err, const char *tmp, const char *final, const char *p
     return 0;
 }
 
+int ckpt_write_state(char *err, const char *dir, const TrainState *st, const char *extra) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/trainer_state.json", dir);
+    return write_state_(err, p, st, extra);
+}
+
+int ckpt_commit(char *err, const char *output_dir, const char *tmp, const char *final, int64_t step) {
+    char p[4200];
+    int rc;
+    if ((rc = fsync_tree_(tmp))) {
+        qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
+        return rc;
+    }
+    char mark[64];
+    int mn = snprintf(mark, sizeof mark, "%" PRId64 "\n", step);
+    snprintf(p, sizeof p, "%s/%s", tmp, CKPT_MARKER);
+    if ((rc = train_write_file(err, p, mark, (size_t)mn))) return rc;
+    if ((rc = train_fsync_path(tmp))) {
+        qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
+        return rc;
+    }
+    return publish_(err, tmp, final, output_dir);
+}
+
 int ckpt_save(char *err, const char *output_dir, const char *config_json, const DitLayout *lay, const float *master,
               const float *m, const float *v, const TrainState *st, const char *max_shard_size,
               const char *state_json_extra) {
@@ -377,21 +404,8 @@ int ckpt_save(char *err, const char *output_dir, const char *config_json, const 
     if ((rc = write_weights_(err, p, config_json, lay, master, max_shard_size))) goto fail;
     snprintf(p, sizeof p, "%s/optimizer", tmp);
     if ((rc = write_optimizer_(err, p, lay, master, m, v, max_shard_size))) goto fail;
-    snprintf(p, sizeof p, "%s/trainer_state.json", tmp);
-    if ((rc = write_state_(err, p, st, state_json_extra))) goto fail;
-    if ((rc = fsync_tree_(tmp))) {
-        qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
-        goto fail;
-    }
-    char mark[64];
-    int mn = snprintf(mark, sizeof mark, "%" PRId64 "\n", st->global_step);
-    snprintf(p, sizeof p, "%s/%s", tmp, CKPT_MARKER);
-    if ((rc = train_write_file(err, p, mark, (size_t)mn))) goto fail;
-    if ((rc = train_fsync_path(tmp))) {
-        qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
-        goto fail;
-    }
-    if ((rc = publish_(err, tmp, final, output_dir))) goto fail;
+    if ((rc = ckpt_write_state(err, tmp, st, state_json_extra))) goto fail;
+    if ((rc = ckpt_commit(err, output_dir, tmp, final, st->global_step))) goto fail;
     return 0;
 fail:
     qie_preferr(err, "checkpoint %s", final);
@@ -410,6 +424,25 @@ int ckpt_save_weights(char *err, const char *dir, const char *config_json, const
     snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", parent, slash ? base : dir, (int)getpid());
     train_rmtree(tmp);
     int rc = write_weights_(err, tmp, config_json, lay, master, max_shard_size);
+    if (!rc && (rc = fsync_tree_(tmp))) qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
+    if (!rc) rc = publish_(err, tmp, dir, parent);
+    if (rc) {
+        qie_preferr(err, "final weights %s", dir);
+        train_rmtree(tmp);
+    }
+    return rc;
+}
+
+int ckpt_save_weights_merged(char *err, const char *dir, const char *ckpt_dir, const char *max_shard_size) {
+    char parent[4096], tmp[4200];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : parent;
+    if (slash) *slash = 0;
+    else snprintf(parent, sizeof parent, ".");
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", parent, slash ? base : dir, (int)getpid());
+    train_rmtree(tmp);
+    int rc = ckpt_merge(err, ckpt_dir, tmp, max_shard_size, 0, NULL);
     if (!rc && (rc = fsync_tree_(tmp))) qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
     if (!rc) rc = publish_(err, tmp, dir, parent);
     if (rc) {
@@ -452,6 +485,11 @@ static int64_t jint_(const cJSON *o, const char *k, int *ok) {
 }
 
 int ckpt_load(char *err, const char *path, const DitLayout *lay, float *master, float *m, float *v, TrainState *st) {
+    int rc = ckpt_load_state(err, path, st);
+    return rc ? rc : ckpt_load_optimizer(err, path, lay, master, m, v);
+}
+
+int ckpt_load_state(char *err, const char *path, TrainState *st) {
     char p[4200];
     snprintf(p, sizeof p, "%s/trainer_state.json", path);
     char *txt = train_read_file(err, p, NULL);
@@ -486,6 +524,11 @@ int ckpt_load(char *err, const char *path, const DitLayout *lay, float *master, 
         qie_seterr(err, "%s: a field is missing or malformed", p);
         return QIE_EFORMAT;
     }
+    return 0;
+}
+
+int ckpt_load_optimizer(char *err, const char *path, const DitLayout *lay, float *master, float *m, float *v) {
+    char p[4200];
     StModel *sm = NULL;
     snprintf(p, sizeof p, "%s/optimizer", path);
     int rc = st_model_open(err, p, &sm);

@@ -3,7 +3,10 @@
  *        lists the records, and one scan validates each (a short read transaction per 256
  *        records, so the writer is never held up);
  *   anything else ep_open reads (-, FILE, tcp://...): the stream is read whole into memory
- *        (meant for tests and small sets).
+ *        (meant for tests and small sets);
+ *   synthetic://HxW[?count=N&sources=S&txt=L]  N records of bucket HxW (pixels) with S sources of
+ *        the same size and L text rows, values from a hash of (record, element): the GPU
+ *        benchmarks' input, no cache needed (scripts/gpu_dist_check.sh).
  * A record that lacks a part or whose shapes disagree (train_mode, bucket, text width) is
  * reported and left out; the run never stops for one. */
 #include <stdlib.h>
@@ -28,6 +31,7 @@ typedef struct {
 
 struct Dataset {
     Cache *cache;
+    int synth, synth_L;         /* synthetic://: text rows */
     DsEntry *e;
     SmpItem *items;
     uint32_t n, cap;
@@ -253,6 +257,76 @@ static int open_stream_(char *err, Dataset *d, const char *url, Skips *sk) {
     return rc;
 }
 
+static int open_synthetic_(char *err, Dataset *d, const char *url) {
+    int H = 0, W = 0, n = 64, S = 1, L = 256;
+    const char *q = strchr(url, '?');
+    if (sscanf(url + strlen("synthetic://"), "%dx%d", &H, &W) != 2 || H < 16 || W < 16 || H % 16 || W % 16) {
+        qie_seterr(err, "synthetic://HxW: H and W must be multiples of 16 (pixels), e.g. synthetic://1328x1328");
+        return QIE_EINVAL;
+    }
+    for (const char *p = q; p && *p; p = strchr(p + 1, '&')) {
+        const char *k = p + 1;
+        if (!strncmp(k, "count=", 6)) n = atoi(k + 6);
+        else if (!strncmp(k, "sources=", 8)) S = atoi(k + 8);
+        else if (!strncmp(k, "txt=", 4)) L = atoi(k + 4);
+    }
+    if (n < 1 || S < 0 || S > TRAIN_MAX_SOURCES || L < 1 || (!d->plus && S != 1)) {
+        qie_seterr(err, "synthetic: count >= 1, txt >= 1, sources 0..8 (exactly 1 for qwen_image_edit)");
+        return QIE_EINVAL;
+    }
+    d->synth = 1;
+    d->synth_L = L;
+    d->e = calloc((size_t)n, sizeof *d->e);
+    if (!d->e) return QIE_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "synthetic-%06d", i);
+        d->e[i] = (DsEntry){strdup(id), i, 0, NULL, 0, H / 8, W / 8, S};
+        if (!d->e[i].id) return QIE_ENOMEM;
+        d->n++;
+    }
+    return 0;
+}
+
+static float *synth_fill_(size_t n, uint64_t key, float scale, float bias) {
+    float *o = malloc(sizeof *o * (n ? n : 1));
+    if (!o) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t z = key * 0x9E3779B97F4A7C15ull + i;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        o[i] = bias + scale * (2.0f * (float)(z >> 40) * (1.0f / 16777216.0f) - 1.0f);
+    }
+    return o;
+}
+
+static int synth_load_(char *err, const Dataset *d, uint32_t i, Sample *s) {
+    const DsEntry *e = &d->e[i];
+    snprintf(s->id, sizeof s->id, "%s", e->id);
+    s->h = e->h;
+    s->w = e->w;
+    const size_t nl = (size_t)TRAIN_LATENT_CH * e->h * e->w, nt = (size_t)d->synth_L * d->joint_dim;
+    s->mean = synth_fill_(nl, 8ull * i, 1.0f, 0.0f);
+    s->logvar = synth_fill_(nl, 8ull * i + 1, 0.5f, -6.0f);
+    s->nsrc = e->nsrc;
+    for (int k = 0; k < e->nsrc; k++) {
+        s->sh[k] = e->h;
+        s->sw[k] = e->w;
+        s->smean[k] = synth_fill_(nl, 8ull * i + 2 + k, 1.0f, 0.0f);
+        s->slogvar[k] = synth_fill_(nl, 8ull * i + 2 + k, 0.5f, -6.0f);
+        if (!s->smean[k] || !s->slogvar[k]) goto oom;
+    }
+    s->L = s->L_empty = d->synth_L;
+    s->txt = synth_fill_(nt, 1000003ull * (i + 1), 1.0f, 0.0f);
+    s->txt_empty = synth_fill_(nt, 1000033ull * (i + 1), 1.0f, 0.0f);
+    if (!s->mean || !s->logvar || !s->txt || !s->txt_empty) goto oom;
+    return 0;
+oom:
+    qie_seterr(err, "synthetic record %u: out of memory", i);
+    return QIE_ENOMEM;
+}
+
 static int entry_cmp_(const void *a, const void *b) {
     const DsEntry *x = a, *y = b;
     uint64_t ix = (uint64_t)x->index, iy = (uint64_t)y->index; /* -1 (unknown) sorts last */
@@ -267,7 +341,9 @@ int ds_open(char *err, const char *url, int joint_dim, int plus, int need_empty,
     d->plus = plus;
     d->need_empty = need_empty;
     Skips sk = {0};
-    int rc = !strncmp(url, "lmdb://", 7) ? open_cache_(err, d, url, &sk) : open_stream_(err, d, url, &sk);
+    int rc = !strncmp(url, "lmdb://", 7) ? open_cache_(err, d, url, &sk)
+             : !strncmp(url, "synthetic://", 12) ? open_synthetic_(err, d, url)
+                                                  : open_stream_(err, d, url, &sk);
     if (rc) {
         qie_preferr(err, "--in %s", url);
         ds_close(&d);
@@ -399,6 +475,10 @@ int ds_load(char *err, Dataset *d, uint32_t i, Sample *s) {
     Record r;
     rec_init(&r);
     int rc;
+    if (d->synth) {
+        if ((rc = synth_load_(err, d, i, s))) sample_free(s);
+        return rc;
+    }
     if (d->cache) {
         if ((rc = cache_read_begin(err, d->cache))) return rc;
         if (!(rc = cache_get(err, d->cache, d->e[i].seq, &r, 0))) rc = fill_(err, d, &r, s);

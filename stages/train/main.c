@@ -6,8 +6,10 @@
 #include <string.h>
 
 #include "cli.h"
+#include "dist_env.h"
 #include "err.h"
 #include "log.h"
+#include "rendezvous.h"
 #include "train.h"
 
 #ifdef QIE_CUDA
@@ -27,7 +29,10 @@ int main(int argc, char **argv) {
     c.world = 1;
     const char *train_mode = NULL, *lr_scheduler = NULL, *weighting = NULL, *mixed = NULL, *report_to = NULL,
                *log_level = NULL;
-    int use_came = 0, use_8bit_adam = 0, use_ema = 0;
+    int use_came = 0, use_8bit_adam = 0, use_ema = 0, final_save = 1;
+    DistFlags df = {0};
+    df.zero_stage = -1;
+    const char *init_weights = NULL;
     CliStrs val_prompts = {0}, val_images = {0}, fix_size = {0};
     const CliOpt opts[] = {
         /* qie */
@@ -39,6 +44,10 @@ int main(int argc, char **argv) {
         {"stop_after_steps", CLI_INT, &c.stop_after_steps, NULL, "leave after N steps of this run, with a checkpoint (time-limited jobs; resume later)", 1, 1e15},
         {"progress", CLI_BOOL, &c.progress, "true", "progress line (terminal) or JSON progress lines on stderr", 0, 0},
         {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
+        {"distributed", CLI_STR, &df.distributed, "auto", "auto|none|ddp|zero2|zero3|fsdp (fsdp = zero3); auto: ddp with several processes, or what --use_deepspeed/--use_fsdp say", 0, 0},
+        {"param_residency", CLI_STR, &df.param_residency, "full", "full: a resident bf16 copy of the weights; block: made per block from the fp32 master (zero3; on one process it selects zero3)", 0, 0},
+        {"init_weights", CLI_STR, &init_weights, NULL, "random: seeded random weights instead of loading them (benchmarks; needs only config.json)", 0, 0},
+        {"final_save", CLI_BOOL, &final_save, "true", "write the final checkpoint and OUTPUT_DIR/transformer (false: benchmarks)", 0, 0},
         /* the reference's flags that qie-train implements */
         {"pretrained_model_name_or_path", CLI_STR, &c.model, NULL, "model root (with transformer/) or a transformer folder", 0, 0},
         {"transformer_path", CLI_STR, &c.transformer_path, NULL, "safetensors file or folder whose weights replace the model's", 0, 0},
@@ -99,8 +108,25 @@ int main(int argc, char **argv) {
         {"enable_text_encoder_in_dataloader", CLI_IGNORED_FLAG, NULL, NULL, "the text encoder runs in its own stage", 0, 0},
         {"dataloader_num_workers", CLI_IGNORED, NULL, NULL, "the cache needs no loader workers", 0, 0},
         {"allow_tf32", CLI_IGNORED_FLAG, NULL, NULL, "no fp32 GEMMs on CUDA (bf16 compute)", 0, 0},
-        {"use_deepspeed", CLI_IGNORED_FLAG, NULL, NULL, "qie has its own sharding", 0, 0},
-        {"use_fsdp", CLI_IGNORED_FLAG, NULL, NULL, "qie has its own sharding", 0, 0},
+        /* accelerate's launcher flags: the strategy (dist.c), the rest accepted */
+        {"use_deepspeed", CLI_BOOL, &df.use_deepspeed, "false", "DeepSpeed ZeRO: the stage comes from --deepspeed_config_file (or --zero_stage)", 0, 0},
+        {"deepspeed_config_file", CLI_STR, &df.deepspeed_config_file, NULL, "DeepSpeed JSON: zero_optimization.stage, batch keys (\"auto\" = the trainer's)", 0, 0},
+        {"zero_stage", CLI_INT, &df.zero_stage, NULL, "DeepSpeed ZeRO stage 0..3 (overrides the config's)", 0, 3},
+        {"use_fsdp", CLI_BOOL, &df.use_fsdp, "false", "FSDP: --fsdp_sharding_strategy FULL_SHARD (= zero3, default) or SHARD_GRAD_OP (= zero2)", 0, 0},
+        {"fsdp_sharding_strategy", CLI_STR, &df.fsdp_sharding_strategy, NULL, "FULL_SHARD|SHARD_GRAD_OP|NO_SHARD (or 1|2|3)", 0, 0},
+        {"fsdp_transformer_layer_cls_to_wrap", CLI_STR, &df.fsdp_layer_cls, NULL, "accepted: qie shards per QwenImageTransformerBlock", 0, 0},
+        {"fsdp_auto_wrap_policy", CLI_IGNORED, NULL, NULL, "qie shards per transformer block", 0, 0},
+        {"fsdp_state_dict_type", CLI_IGNORED, NULL, NULL, "qie writes sharded checkpoints plus transformer/", 0, 0},
+        {"fsdp_backward_prefetch", CLI_IGNORED, NULL, NULL, "qie always prefetches the next block", 0, 0},
+        {"fsdp_forward_prefetch", CLI_IGNORED, NULL, NULL, "qie always prefetches the next block", 0, 0},
+        {"fsdp_cpu_ram_efficient_loading", CLI_IGNORED, NULL, NULL, NULL, 0, 0},
+        {"fsdp_offload_params", CLI_IGNORED, NULL, NULL, "no offload", 0, 0},
+        {"fsdp_use_orig_params", CLI_IGNORED, NULL, NULL, NULL, 0, 0},
+        {"fsdp_sync_module_states", CLI_IGNORED, NULL, NULL, "every rank loads the same weights", 0, 0},
+        {"zero3_save_16bit_model", CLI_IGNORED, NULL, NULL, "qie always writes transformer/ in every checkpoint", 0, 0},
+        {"zero3_init_flag", CLI_IGNORED, NULL, NULL, NULL, 0, 0},
+        {"deepspeed_multinode_launcher", CLI_IGNORED, NULL, NULL, "qie-launch / srun / mpirun start the ranks", 0, 0},
+        {"gradient_clipping", CLI_IGNORED, NULL, NULL, "qie clips with --max_grad_norm's rule on every backend", 0, 0},
         {"hub_token", CLI_IGNORED, NULL, NULL, NULL, 0, 0},
         {"revision", CLI_IGNORED, NULL, NULL, NULL, 0, 0},
         {"variant", CLI_IGNORED, NULL, NULL, NULL, 0, 0},
@@ -184,11 +210,42 @@ int main(int argc, char **argv) {
         log_warn("--report_to %s: qie writes TensorBoard files and metrics.jsonl only; using tensorboard", report_to);
     }
     c.report_tensorboard = strcmp(report_to, "none") != 0;
-    cli_dump(&spec);
+    c.skip_final_save = !final_save;
+    if (init_weights && strcmp(init_weights, "random")) {
+        log_error("--init_weights %s: only random is known", init_weights);
+        return 2;
+    }
+    c.init_weights = init_weights;
+    /* who am I: torchrun / qie-launch, Slurm, Open MPI, PMI variables (dist_env.h) */
+    DistEnv de;
+    if (dist_env_parse(err, &de)) {
+        log_error("%s", err);
+        return 2;
+    }
+    c.world = de.world;
+    c.rank = de.rank;
+    c.local_rank = de.local_rank;
+    c.master_addr = de.master_addr;
+    c.master_port = de.master_port;
+    c.rdzv_timeout_s = de.rdzv_timeout_s;
+    c.coll_timeout_s = de.coll_timeout_s;
+    log_set_rank(de.world > 1 ? de.rank : -1);
+    if (dst_resolve(err, &df, &c)) {
+        log_error("%s", err);
+        return 2;
+    }
+    if (de.rank == 0) cli_dump(&spec);
+    if (c.strategy != TS_NONE)
+        log_info0("distributed: %s (%s), %d process(es) from %s", dst_strategy_name(c.strategy), c.strategy_name, c.world,
+                  dist_source_name(de.source));
     rc = train_run(err, &c);
     if (rc == TRAIN_ENONFINITE) {
         log_error("%s", err);
         return 3;
+    }
+    if (rc == QIE_EPEER || rc == QIE_ETIMEOUT) { /* another rank failed: docs/distributed.md, exit 86 */
+        log_error("%s", err);
+        return RDZV_EXIT_PEER;
     }
     if (rc) {
         log_error("%s", err);

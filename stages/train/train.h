@@ -10,6 +10,8 @@
  *   objective.c   posterior sample, normalise, pack, noise, target, loss and its gradient (obj_)
  *   checkpoint.c  atomic checkpoint-N folders, latest, pruning, load (ckpt_)
  *   tb_writer.c   TensorBoard event files written by hand (tb_)
+ *   dist.c        several ranks: strategy flags (DeepSpeed JSON, FSDP), collectives, shards, the
+ *                 ZeRO-3 parameter provider, sharded checkpoints (dst_)
  *   train_loop.c  the run: setup, the step, logging, NaN handling (train_)
  *
  * Spec: spec/trainer_behaviour.md §3.6, §4, §5, §6; spec/decisions.md wins where they differ. */
@@ -20,8 +22,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ckpt_shard.h"
 #include "cli.h"
+#include "coll.h"
 #include "dit.h"
+#include "err.h"
 #include "record.h"
 
 #define TRAIN_LATENT_CH 16 /* VAE z_dim */
@@ -30,6 +35,14 @@
 /* ---- configuration (filled by main.c from the option table) ------------------------------- */
 
 typedef enum { WS_NONE = 0, WS_SIGMA_SQRT, WS_LOGIT_NORMAL, WS_MODE, WS_COSMAP } WeightingScheme;
+/* How the step is spread over ranks (dist.c):
+ *   TS_NONE   one process, no collectives (the single-GPU trainer)
+ *   TS_DDP    every rank holds everything; gradients all-reduced (avg) per block range
+ *   TS_ZERO2  DeepSpeed ZeRO-2 / FSDP SHARD_GRAD_OP: gradients reduce-scattered, fp32 master and
+ *             AdamW moments sharded per range, bf16 weights all-gathered after the update
+ *   TS_ZERO3  ZeRO-3 / FSDP FULL_SHARD: also the bf16 weights sharded, each block all-gathered
+ *             just before its forward and its backward (dit.h DitHook) */
+typedef enum { TS_NONE = 0, TS_DDP, TS_ZERO2, TS_ZERO3 } TrainStrategy;
 typedef enum {
     LRS_CONSTANT = 0, LRS_CONSTANT_WITH_WARMUP, LRS_LINEAR, LRS_COSINE, LRS_COSINE_WITH_RESTARTS, LRS_POLYNOMIAL
 } LrSchedule;
@@ -68,8 +81,17 @@ typedef struct {
     int report_model_info;
     int progress;
     int64_t stop_after_steps;   /* -1: none; else stop (with a checkpoint) after this many steps of this run */
-    /* distribution (single process for now; the sampler already deals by rank) */
-    int rank, world;
+    /* distribution (dist.c; docs/train.md "Several GPUs"). world/rank come from the launcher's
+     * environment (dist_env.h); strategy from --distributed or the accelerate spellings. */
+    int rank, world, local_rank;
+    TrainStrategy strategy;
+    const char *strategy_name;  /* as the user asked for it (logs) */
+    int param_residency_block;  /* --param_residency block: bf16 weights materialised per block */
+    const char *master_addr;    /* rendezvous (NULL: 127.0.0.1) */
+    int master_port;
+    double rdzv_timeout_s, coll_timeout_s;
+    const char *init_weights;   /* NULL: load them; "random": seeded N(0, 0.02)-like values (benchmarks) */
+    int skip_final_save;        /* --final_save false: no final checkpoint nor weights (benchmarks) */
 } TrainConfig;
 
 /* ---- sampler.c ----------------------------------------------------------------------------- */
@@ -227,6 +249,79 @@ int ckpt_save_weights(char *err, const char *dir, const char *config_json, const
                       const char *max_shard_size);
 /* Loads a checkpoint into master/m/v (host f32, lay order) and st. */
 int ckpt_load(char *err, const char *path, const DitLayout *lay, float *master, float *m, float *v, TrainState *st);
+/* The two halves of ckpt_load: trainer_state.json, and optimizer/ (the single-process format). */
+int ckpt_load_state(char *err, const char *path, TrainState *st);
+int ckpt_load_optimizer(char *err, const char *path, const DitLayout *lay, float *master, float *m, float *v);
+/* Pieces of an atomic save that dist.c puts together: dir/trainer_state.json; then fsync of tmp,
+ * the marker, rename(tmp, final), fsync of output_dir. */
+int ckpt_write_state(char *err, const char *dir, const TrainState *st, const char *extra);
+int ckpt_commit(char *err, const char *output_dir, const char *tmp, const char *final, int64_t step);
+/* OUTPUT_DIR/transformer from a sharded checkpoint (ckpt_merge into a temp folder, then rename). */
+int ckpt_save_weights_merged(char *err, const char *dir, const char *ckpt_dir, const char *max_shard_size);
+
+/* ---- dist.c -------------------------------------------------------------------------------- */
+
+/* The flags that pick a strategy (main.c fills them; dst_resolve decides). */
+typedef struct {
+    const char *distributed;             /* --distributed none|ddp|zero2|zero3|fsdp|auto (NULL: auto) */
+    int use_deepspeed;
+    const char *deepspeed_config_file;
+    int64_t zero_stage;                  /* --zero_stage (accelerate), -1: absent */
+    int use_fsdp;
+    const char *fsdp_sharding_strategy;  /* FULL_SHARD|SHARD_GRAD_OP|NO_SHARD (or accelerate's 1|2|3) */
+    const char *fsdp_layer_cls;          /* --fsdp_transformer_layer_cls_to_wrap */
+    const char *param_residency;         /* full|block */
+} DistFlags;
+/* Sets c->strategy, c->strategy_name, c->param_residency_block from the flags and c->world
+ * (c->train_batch_size and c->gradient_accumulation_steps are checked against a DeepSpeed JSON). */
+int dst_resolve(char *err, const DistFlags *f, TrainConfig *c);
+/* zero_optimization.stage of a DeepSpeed config, after checking the keys that matter against c. */
+int dst_parse_deepspeed(char *err, const char *path, const TrainConfig *c, int *stage);
+const char *dst_strategy_name(TrainStrategy s);
+
+/* This rank's view of the run (dist.c header comment). Caller-owned; dst_init / dst_free. */
+typedef struct {
+    TrainStrategy strat;
+    int world, rank;
+    Coll *coll;                /* NULL for TS_NONE */
+    OpCtx *ctx;                /* borrowed */
+    Dit *dit;                  /* borrowed; its hook points here */
+    int nsegs;                 /* this rank's segments of the flat buffer ... */
+    CkptSeg *segs;             /* ... [start, end) ascending (ZeRO: one per range) */
+    size_t *loc;               /* segment k's offset in the local (back to back) buffers */
+    size_t nloc;               /* Σ segment lengths: the length of master, m, v */
+    const float *master;       /* device f32 [nloc] (ZeRO-3 makes the bf16 weights from it) */
+    float *gshard;             /* ZeRO-3: device f32 [nloc], this rank's reduced gradient */
+    void *slot[2];             /* ZeRO-3: two gathered ranges, act */
+    int slot_r[2], mru;
+    float *gslot[2];           /* ZeRO-3: two range gradients being computed / reduced, f32 */
+    int gpend[2], gcur, gnext;
+    size_t maxrange;
+    float *dscratch;           /* device f32 [3·DIT_MAX_WORLD] for host-side collectives */
+    int accumulate;            /* ZeRO-3: this pass adds to the step's gradient */
+    int reduce_now;            /* DDP/ZeRO-2: this backward is the step's last: reduce per range */
+    int reduced;
+    int rc;                    /* first collective error inside a hook */
+    char err[QIE_ERR_LEN];
+} Dist;
+
+int dst_init(char *err, Dist *d, const TrainConfig *c, OpCtx *ctx, Dit *dit);
+void dst_free(Dist *d);
+int dst_error(char *err, const Dist *d);     /* a hook's collective error, or 0 */
+void dst_slice(const Dist *d, float *dst, const float *full);
+void dst_step_begin(Dist *d);
+void dst_pass_done(Dist *d);                 /* after each dit_backward */
+void dst_idle_pass(Dist *d);                 /* ZeRO-3: a pass's collectives without its compute */
+void dst_reduce_rest(Dist *d);               /* DDP/ZeRO-2: the reductions the backward did not do */
+int dst_after_update(char *err, Dist *d);    /* ZeRO-2: all-gather the new weights */
+int dst_allreduce_host(char *err, Dist *d, float *v, int n); /* SUM over ranks of host values */
+int dst_max_int(char *err, Dist *d, int v, int *max);
+int dst_sum_double(char *err, Dist *d, double v, double *sum); /* Σ over ranks, rank order, ~48 bits */
+int dst_agree(char *err, Dist *d, int rc);   /* any rank failed -> every rank fails */
+int dst_save(char *err, Dist *d, const TrainConfig *c, const char *config_json, const unsigned char *frozen,
+             const float *master, const float *m, const float *v, const TrainState *st, const char *extra);
+int dst_is_sharded_ckpt(const char *path);
+int dst_load(char *err, const Dist *d, const char *path, float *master, float *m, float *v);
 
 /* ---- tb_writer.c -------------------------------------------------------------------------- */
 

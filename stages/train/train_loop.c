@@ -11,6 +11,7 @@
  * random draw is a pure function of (seed, micro-batch slot), the data order of (seed, epoch). */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,14 +36,25 @@ typedef struct {
     size_t cap;
 } DevBuf;
 
+/* a trainable segment's part in this rank's shard: local (master, m, v) and global offsets */
+typedef struct {
+    size_t loc, glob, n;
+    int group;
+} Piece;
+
 typedef struct {
     const TrainConfig *cfg;
     OpCtx ctx;
     int round;                 /* compute dtype is bf16: round where the reference's tensors are bf16 */
     Dit *dit;
     char *config_json;
-    float *h_master, *h_m, *h_v; /* host copies (CPU: the live buffers) */
+    float *h_master, *h_m, *h_v; /* host copies of this rank's shard [dist.nloc] (CPU: the live buffers) */
+    float *h_full;             /* the loaded weights [num_params], until they are sliced */
     float *d_master, *d_m, *d_v;
+    Dist dist;                 /* ranks, shards, collectives (dist.c) */
+    Piece *pc;                 /* trainable pieces of this rank's shard */
+    int npc;
+    unsigned char *frozen;     /* per layout tensor: 1 when not trained (layout.json) */
     float *scratch;
     Segment *seg;
     int nseg;
@@ -60,6 +72,7 @@ typedef struct {
     FILE *jsonl;
     Progress prog;
     char last_ckpt[4400];
+    double step_flops;         /* model FLOPs of this rank's passes in the step (3x forward) */
     char **bad_ids;            /* reported once each */
     size_t nbad;
 } Trainer;
@@ -88,11 +101,13 @@ static int segments_(char *err, Trainer *t) {
     CliStrs all = {1, {"."}};
     const CliStrs *g0 = c->trainable_modules.n ? &c->trainable_modules : &all;
     t->seg = calloc((size_t)lay->ntensors, sizeof *t->seg);
-    if (!t->seg) return QIE_ENOMEM;
+    t->frozen = calloc((size_t)lay->ntensors, 1);
+    if (!t->seg || !t->frozen) return QIE_ENOMEM;
     size_t ntrain = 0, nlow = 0;
     for (int k = 0; k < lay->ntensors; k++) {
         const DitTensorInfo *ti = &lay->tensors[k];
         int g = matches_(ti->name, g0) ? 0 : matches_(ti->name, &c->trainable_modules_low_learning_rate) ? 1 : -1;
+        t->frozen[k] = g < 0;
         if (g < 0) continue;
         size_t end = k + 1 < lay->ntensors ? lay->tensors[k + 1].offset : lay->num_params;
         ntrain += ti->numel;
@@ -107,6 +122,21 @@ static int segments_(char *err, Trainer *t) {
     }
     log_info0("trainable: %zu of %zu parameters (%zu at learning_rate/2), %d segment(s)", ntrain, lay->num_real, nlow,
               t->nseg);
+    /* the same segments cut to this rank's shard (every rank: the whole buffer unless ZeRO) */
+    const Dist *d = &t->dist;
+    t->pc = calloc((size_t)(t->nseg + d->nsegs), sizeof *t->pc);
+    if (!t->pc) return QIE_ENOMEM;
+    for (int i = 0; i < t->nseg; i++)
+        for (int k = 0; k < d->nsegs; k++) {
+            size_t a = t->seg[i].off > d->segs[k].start ? t->seg[i].off : d->segs[k].start;
+            size_t b = t->seg[i].off + t->seg[i].size < d->segs[k].end ? t->seg[i].off + t->seg[i].size : d->segs[k].end;
+            if (a >= b) continue;
+            Piece *p = t->npc ? &t->pc[t->npc - 1] : NULL;
+            Piece q = {d->loc[k] + (a - d->segs[k].start), a, b - a, t->seg[i].group};
+            /* two sorted disjoint families meet in at most nseg + nsegs - 1 pieces */
+            if (p && p->group == q.group && p->glob + p->n == q.glob && p->loc + p->n == q.loc) p->n += q.n;
+            else t->pc[t->npc++] = q;
+        }
     return 0;
 }
 
@@ -246,7 +276,7 @@ static int same_images_(const Sample *a, const Sample *b) {
 
 /* Runs one micro-batch; *loss gets its mean loss, *nvalid the samples used. */
 static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, int k, const int *strata, int nstrata,
-                  double *loss, int *nvalid) {
+                  int last, double *loss, int *nvalid) {
     const TrainConfig *c = t->cfg;
     const int64_t m = t->st.micro;
     const int F = 4 * TRAIN_LATENT_CH, J = t->dit->cfg.joint_dim, OD = t->dit->cfg.out_dim;
@@ -274,11 +304,21 @@ static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, in
         else nv++;
     }
     *nvalid = nv;
-    if (!nv) goto done;
-    int N = 0;
+    int N = 0, ngroups = 0, gi = 0, gmax = 0;
     for (int b = 0; b < B; b++)
         if (p[b].ok) N = p[b].N;
-    const float scale = 1.0f / ((float)nv * (float)N * (float)F * (float)k);
+    for (int b0 = 0; b0 < B; b0++) { /* groups of samples with identical image shapes */
+        if (!p[b0].ok || done[b0]) continue;
+        ngroups++;
+        for (int b = b0; b < B; b++)
+            if (p[b].ok && same_images_(&s[b0], &s[b])) done[b] = 1;
+    }
+    memset(done, 0, sizeof *done * (size_t)B);
+    /* ZeRO-3 gathers inside every DiT pass: every rank makes as many passes as the busiest one */
+    if (t->dist.strat == TS_ZERO3 && (rc = dst_max_int(err, &t->dist, ngroups, &gmax))) goto done;
+    /* ZeRO-3 sums the ranks' gradients (reduce-scatter SUM): the 1/world of the mean is here */
+    const float scale = nv ? 1.0f / ((float)nv * (float)N * (float)F * (float)k *
+                                     (t->dist.strat == TS_ZERO3 ? (float)c->world : 1.0f)) : 0.0f;
     /* groups of samples with identical image shapes go through the DiT together */
     for (int b0 = 0; b0 < B; b0++) {
         if (!p[b0].ok || done[b0]) continue;
@@ -324,6 +364,7 @@ static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, in
         op_upload_act(&t->ctx, d_txt, h_txt, (size_t)G * Lmax * J);
         const void *d_out = NULL;
         if ((rc = dit_forward(err, t->dit, &sh, d_x, d_txt, Lmin == Lmax ? NULL : h_mask, h_t, &d_out))) goto done;
+        if ((rc = dst_error(err, &t->dist))) goto done;
         op_download_act(&t->ctx, h_out, d_out, (size_t)G * Ntot * OD);
         memset(h_d, 0, sizeof *h_d * (size_t)G * Ntot * OD);
         for (int g = 0; g < G; g++) {
@@ -335,11 +376,19 @@ static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, in
         }
         void *d_grad = devbuf_(t, &t->dgrad, (size_t)G * Ntot * OD * es);
         op_upload_act(&t->ctx, d_grad, h_d, (size_t)G * Ntot * OD);
+        /* DDP / ZeRO-2: the step's last backward reduces each range as it completes */
+        t->dist.reduce_now = last && ++gi == ngroups;
         if ((rc = dit_backward(err, t->dit, d_grad, NULL, NULL))) goto done;
+        t->dist.reduce_now = 0;
+        dst_pass_done(&t->dist);
+        if ((rc = dst_error(err, &t->dist))) goto done;
+        t->step_flops += 3.0 * dit_flops_forward(&t->dit->cfg, &sh);
         free(h_txt);
         free(h_mask);
         h_txt = h_mask = NULL;
     }
+    for (int i = ngroups; i < gmax; i++) dst_idle_pass(&t->dist);
+    rc = dst_error(err, &t->dist);
 done:
     for (int b = 0; b < B && s && p; b++) {
         sample_free(&s[b]);
@@ -360,9 +409,14 @@ done:
 /* ---- one optimizer step -------------------------------------------------------------------- */
 
 typedef struct {
-    double loss, norm, clip_threshold, coef, lr, seconds;
+    double loss, norm, clip_threshold, coef, lr, seconds, tflops;
     int samples;
 } StepInfo;
+
+/* the reduced gradient of a piece: in the full buffer (none/DDP/ZeRO-2), or ZeRO-3's shard */
+static float *grads_at_(const Trainer *t, const Piece *p) {
+    return t->dist.strat == TS_ZERO3 ? t->dist.gshard + p->loc : t->dit->grads + p->glob;
+}
 
 static int next_epoch_(char *err, Trainer *t) {
     const TrainConfig *c = t->cfg;
@@ -412,6 +466,8 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
         free(perm);
     }
     dit_zero_grad(t->dit);
+    dst_step_begin(&t->dist);
+    t->step_flops = 0.0;
     double loss = 0.0;
     int keff = 0, samples = 0;
     for (int j = 0; j < k; j++) {
@@ -419,7 +475,7 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
         double l = 0.0;
         int nv = 0;
         rc = micro_(err, t, t->ep.idx + t->ep.off[bi], (int)(t->ep.off[bi + 1] - t->ep.off[bi]), j, k, strata, nstrata,
-                    &l, &nv);
+                    j == k - 1, &l, &nv);
         t->st.micro++;
         if (rc) {
             free(strata);
@@ -433,18 +489,38 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
     }
     free(strata);
     t->st.batch_pos += k;
+    /* the gradients of every rank: reductions the backward did not start, then wait for them */
+    dst_reduce_rest(&t->dist);
+    if ((rc = dst_error(err, &t->dist))) return rc;
+    /* the step's statistics over all ranks (the rescale of partial groups is global too) */
+    int kall = k;
+    if (t->dist.coll) {
+        float v[3] = {(float)loss, (float)keff, (float)samples};
+        if ((rc = dst_allreduce_host(err, &t->dist, v, 3))) return rc;
+        loss = v[0];
+        keff = (int)v[1];
+        samples = (int)v[2];
+        kall = k * c->world;
+    }
     if (!keff) {
         log_warn("step %lld: every sample of its %d micro-batch(es) was skipped; no update", (long long)t->st.global_step + 1, k);
         si->samples = 0;
         return 0;
     }
-    const double rescale = (double)k / keff; /* the gradients were scaled 1/k: average over what ran */
+    const double rescale = (double)kall / keff; /* the gradients were scaled 1/k: average over what ran */
     loss /= keff;
     double sq = 0.0;
-    for (int i = 0; i < t->nseg; i++) sq += op_global_norm_squared(&t->ctx, t->scratch, t->dit->grads + t->seg[i].off, t->seg[i].size);
+    if (t->dist.strat == TS_NONE || t->dist.strat == TS_DDP) { /* the whole (reduced) gradient on every rank */
+        for (int i = 0; i < t->nseg; i++)
+            sq += op_global_norm_squared(&t->ctx, t->scratch, t->dit->grads + t->seg[i].off, t->seg[i].size);
+    } else { /* Σ g² of this rank's shard, summed over the ranks */
+        for (int i = 0; i < t->npc; i++)
+            sq += op_global_norm_squared(&t->ctx, t->scratch, grads_at_(t, &t->pc[i]), t->pc[i].n);
+        if ((rc = dst_sum_double(err, &t->dist, sq, &sq))) return rc;
+    }
     double norm = sqrt(sq) * rescale;
     const char *dump = getenv("QIE_TRAIN_DUMP_GRADS"); /* debugging the golden tests: the first step's gradients */
-    if (dump && t->st.global_step == 0 && t->ctx.dev == QIE_DEV_CPU) {
+    if (dump && t->st.global_step == 0 && t->ctx.dev == QIE_DEV_CPU && t->dit->grads) {
         StWriter *w = NULL;
         char e2[QIE_ERR_LEN];
         if (st_writer_create(e2, &w) || dit_writer_add(e2, w, &t->dit->lay, "grad.", QIE_DT_F32, t->dit->grads) ||
@@ -472,15 +548,18 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
     double gscale = rescale == 1.0 ? (double)(float)coef : (double)((float)rescale * (float)coef);
     double lam = sch_lr_lambda(c->lr_scheduler, t->st.global_step, c->lr_warmup_steps, t->M, t->base_lr);
     const size_t es = op_act_size(&t->ctx);
-    for (int i = 0; i < t->nseg; i++) {
-        const Segment *sg = &t->seg[i];
-        double lr = t->base_lr * (sg->group ? 0.5 : 1.0) * lam;
+    for (int i = 0; i < t->npc; i++) {
+        const Piece *pc = &t->pc[i];
+        double lr = t->base_lr * (pc->group ? 0.5 : 1.0) * lam;
         AdamWArgs a;
         adamw_args(&a, lr, c->adam_beta1, c->adam_beta2, c->adam_epsilon, c->adam_weight_decay, (long)t->st.global_step + 1,
                    gscale);
-        op_adamw_update(&t->ctx, t->d_master + sg->off, (char *)t->dit->params + sg->off * es, t->dit->grads + sg->off,
-                        t->d_m + sg->off, t->d_v + sg->off, sg->size, &a);
+        /* ZeRO-3 keeps no bf16 copy: the next gather makes it from the master */
+        void *params = t->dit->params ? (char *)t->dit->params + pc->glob * es : NULL;
+        op_adamw_update(&t->ctx, t->d_master + pc->loc, params, grads_at_(t, pc), t->d_m + pc->loc, t->d_v + pc->loc,
+                        pc->n, &a);
     }
+    if ((rc = dst_after_update(err, &t->dist))) return rc; /* ZeRO-2: every rank's new weights */
     op_sync(&t->ctx);
     t->st.global_step++;
     si->coef = coef;
@@ -488,36 +567,45 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
     si->lr = t->base_lr * lam;
     si->samples = samples;
     si->seconds = progress_now() - t0;
+    si->tflops = si->seconds > 0 ? t->step_flops / si->seconds * 1e-12 : 0.0;
     return 0;
 }
 
 /* ---- checkpoints --------------------------------------------------------------------------- */
 
-static void host_state_(Trainer *t) {
-    if (t->ctx.dev == QIE_DEV_CPU) return;
-    size_t n = t->dit->lay.num_params;
+static int host_state_(Trainer *t) {
+    if (t->ctx.dev == QIE_DEV_CPU) return 0;
+    size_t n = t->dist.nloc;
+    if (!t->h_m) t->h_m = malloc(n * sizeof(float)); /* CUDA: host moments only when saving */
+    if (!t->h_v) t->h_v = malloc(n * sizeof(float));
+    if (!t->h_m || !t->h_v) return QIE_ENOMEM;
     op_download_f32(&t->ctx, t->h_master, t->d_master, n);
     op_download_f32(&t->ctx, t->h_m, t->d_m, n);
     op_download_f32(&t->ctx, t->h_v, t->d_v, n);
+    return 0;
 }
 
 static int save_(char *err, Trainer *t) {
     const TrainConfig *c = t->cfg;
     char path[4200];
     snprintf(path, sizeof path, "%s/checkpoint-%lld", c->output_dir, (long long)t->st.global_step);
-    if (ckpt_complete(path) && !strcmp(path, t->last_ckpt)) return 0; /* this state is saved already */
-    int rc = ckpt_prune(err, c->output_dir, c->checkpoints_total_limit);
-    if (rc) return rc;
-    host_state_(t);
+    const int sharded = t->dist.strat != TS_NONE;
+    if (ckpt_complete(path) && !strcmp(path, t->last_ckpt) && (!sharded || dst_is_sharded_ckpt(path)))
+        return 0; /* this state is saved already */
+    int rc = sharded ? 0 : ckpt_prune(err, c->output_dir, c->checkpoints_total_limit);
+    if (rc || (rc = host_state_(t))) return rc;
     char extra[1024];
     snprintf(extra, sizeof extra,
              "{\"learning_rate\": %.9g, \"lr_scheduler\": %d, \"lr_warmup_steps\": %lld, \"max_grad_norm\": %.9g, "
-             "\"device\": \"%s\"}",
-             t->base_lr, (int)c->lr_scheduler, (long long)c->lr_warmup_steps, c->max_grad_norm, opctx_device_name(&t->ctx));
+             "\"device\": \"%s\", \"strategy\": \"%s\"}",
+             t->base_lr, (int)c->lr_scheduler, (long long)c->lr_warmup_steps, c->max_grad_norm, opctx_device_name(&t->ctx),
+             dst_strategy_name(t->dist.strat));
     double t0 = progress_now();
-    if ((rc = ckpt_save(err, c->output_dir, t->config_json, &t->dit->lay, t->h_master, t->h_m, t->h_v, &t->st,
-                        c->max_shard_size, extra)))
-        return rc;
+    /* several ranks (any strategy but none): the sharded format, every rank writing its part */
+    if (sharded) rc = dst_save(err, &t->dist, c, t->config_json, t->frozen, t->h_master, t->h_m, t->h_v, &t->st, extra);
+    else rc = ckpt_save(err, c->output_dir, t->config_json, &t->dit->lay, t->h_master, t->h_m, t->h_v, &t->st,
+                        c->max_shard_size, extra);
+    if (rc) return rc;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
     log_info0("saved %s (%.1f s)", path, progress_now() - t0);
     return 0;
@@ -543,19 +631,49 @@ static int load_model_(char *err, Trainer *t) {
                    cfgp, dc.in_channels, dc.out_channels);
         return QIE_EUNSUPPORTED;
     }
-    if ((rc = dit_create(err, &t->ctx, &dc, 1, c->gradient_checkpointing, &t->dit))) return rc;
+    /* ZeRO-3 never holds the whole model: no resident bf16 weights nor f32 gradients */
+    unsigned flags = c->strategy == TS_ZERO3 ? DIT_CREATE_NO_PARAMS | DIT_CREATE_NO_GRADS : 0;
+    if ((rc = dit_create2(err, &t->ctx, &dc, 1, c->gradient_checkpointing, flags, &t->dit))) return rc;
+    if (c->init_weights) return 0; /* made per shard later (random_weights_) */
     size_t n = t->dit->lay.num_params;
-    t->h_master = calloc(n, sizeof(float));
-    t->h_m = calloc(n, sizeof(float));
-    t->h_v = calloc(n, sizeof(float));
-    if (!t->h_master || !t->h_m || !t->h_v) return QIE_ENOMEM;
+    if (!(t->h_full = calloc(n, sizeof(float)))) return QIE_ENOMEM;
     StModel *st = NULL;
     const char *src = c->transformer_path ? c->transformer_path : wdir;
     if ((rc = st_model_open(err, src, &st))) return rc;
-    rc = dit_load_weights(err, &t->dit->lay, st, t->h_master);
+    rc = dit_load_weights(err, &t->dit->lay, st, t->h_full);
     st_model_close(&st);
     if (rc) qie_preferr(err, "weights %s", src);
     return rc;
+}
+
+/* --init_weights random (benchmarks): every real element of this rank's shard from a hash of
+ * (seed, element index), so ranks agree without loading anything: matrices uniform with std 0.02,
+ * norm gains 1, biases 0; padding stays 0. */
+static void random_weights_(Trainer *t, uint64_t seed) {
+    const DitLayout *lay = &t->dit->lay;
+    const Dist *d = &t->dist;
+    const float a = 0.02f * 1.7320508f;
+    for (int k = 0; k < lay->ntensors; k++) {
+        const DitTensorInfo *ti = &lay->tensors[k];
+        const int norm = ti->ndim == 1 && strstr(ti->name, "norm") && !strstr(ti->name, "bias") &&
+                         !strstr(ti->name, "linear");
+        for (int q = 0; q < d->nsegs; q++) {
+            size_t lo = ti->offset > d->segs[q].start ? ti->offset : d->segs[q].start;
+            size_t hi = ti->offset + ti->numel < d->segs[q].end ? ti->offset + ti->numel : d->segs[q].end;
+            float *dst = t->h_master + d->loc[q] - d->segs[q].start;
+            for (size_t i = lo; i < hi; i++) {
+                if (ti->ndim != 2) {
+                    dst[i] = norm ? 1.0f : 0.0f;
+                    continue;
+                }
+                uint64_t z = (seed * 0x9E3779B97F4A7C15ull) ^ (i + 0x632BE59BD9B4E019ull);
+                z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+                z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+                z ^= z >> 31;
+                dst[i] = a * (2.0f * (float)(z >> 40) * (1.0f / 16777216.0f) - 1.0f);
+            }
+        }
+    }
 }
 
 static uint64_t fresh_seed_(void) {
@@ -575,19 +693,44 @@ static int resume_(char *err, Trainer *t) {
     }
     if (rc) return rc;
     TrainState s;
-    if ((rc = ckpt_load(err, path, &t->dit->lay, t->h_master, t->h_m, t->h_v, &s))) return rc;
-    if (s.train_batch_size != c->train_batch_size || s.world != c->world) {
-        qie_seterr(err, "%s was written with --train_batch_size %lld on %lld process(es); this run has %lld on %d\n"
-                   "hint: resume with the same batch size and process count", path, (long long)s.train_batch_size,
-                   (long long)s.world, (long long)c->train_batch_size, c->world);
+    if (!t->h_m) t->h_m = calloc(t->dist.nloc, sizeof(float));
+    if (!t->h_v) t->h_v = calloc(t->dist.nloc, sizeof(float));
+    if (!t->h_m || !t->h_v) return QIE_ENOMEM;
+    if ((rc = ckpt_load_state(err, path, &s))) return rc;
+    /* either format at any world size: the single-process optimizer/ by name, or qie-zero/1 shards */
+    if (t->dist.strat == TS_NONE && !dst_is_sharded_ckpt(path))
+        rc = ckpt_load_optimizer(err, path, &t->dit->lay, t->h_master, t->h_m, t->h_v);
+    else
+        rc = dst_load(err, &t->dist, path, t->h_master, t->h_m, t->h_v);
+    if (rc) return rc;
+    if (s.train_batch_size != c->train_batch_size) {
+        qie_seterr(err, "%s was written with --train_batch_size %lld; this run has %lld\n"
+                   "hint: resume with the same batch size", path, (long long)s.train_batch_size,
+                   (long long)c->train_batch_size);
         return QIE_EMISMATCH;
     }
+    /* another process count: the counters are per rank; the data consumed is (counter · world) */
+    if (s.world != c->world) {
+        int64_t gm = s.micro * s.world, gb = s.batch_pos * s.world;
+        if (gm % c->world || gb % c->world) {
+            qie_seterr(err, "%s: %lld micro-batches of %lld process(es) cannot be split evenly over %d\n"
+                       "hint: resume on a process count that divides %lld", path, (long long)gm, (long long)s.world,
+                       c->world, (long long)gm);
+            return QIE_EMISMATCH;
+        }
+        log_info0("%s was written by %lld process(es); continuing on %d", path, (long long)s.world, c->world);
+        s.micro = gm / c->world;
+        s.batch_pos = gb / c->world;
+    }
+    if (s.gradient_accumulation_steps * s.world != c->gradient_accumulation_steps * c->world)
+        log_warn("the global batch changed: %lld process(es) x %lld micro-batches per step then, %d x %lld now",
+                 (long long)s.world, (long long)s.gradient_accumulation_steps, c->world,
+                 (long long)c->gradient_accumulation_steps);
+    s.world = c->world;
     if (s.data_fingerprint != t->st.data_fingerprint || s.data_count != t->st.data_count)
         log_warn("%s was trained on other data (%u records then, %u now): the data order will not continue the "
                  "old run's", path, s.data_count, t->st.data_count);
-    if (s.gradient_accumulation_steps != c->gradient_accumulation_steps)
-        log_warn("--gradient_accumulation_steps changed from %lld to %lld", (long long)s.gradient_accumulation_steps,
-                 (long long)c->gradient_accumulation_steps);
+    s.gradient_accumulation_steps = c->gradient_accumulation_steps;
     if (c->seed >= 0 && (uint64_t)c->seed != s.seed)
         log_warn("--seed %lld differs from the checkpoint's %llu; the checkpoint's is used (exact resume)",
                  (long long)c->seed, (unsigned long long)s.seed);
@@ -603,6 +746,7 @@ static int resume_(char *err, Trainer *t) {
 }
 
 static void trainer_free_(Trainer *t) {
+    dst_free(&t->dist); /* says goodbye to the other ranks before the model goes */
     if (t->ctx.dev == QIE_DEV_CUDA) {
         op_free(&t->ctx, t->d_master);
         op_free(&t->ctx, t->d_m);
@@ -616,8 +760,11 @@ static void trainer_free_(Trainer *t) {
     free(t->h_master);
     free(t->h_m);
     free(t->h_v);
+    free(t->h_full);
     free(t->config_json);
     free(t->seg);
+    free(t->pc);
+    free(t->frozen);
     free(t->sig);
     free(t->ts);
     ds_close(&t->ds);
@@ -655,9 +802,10 @@ static void log_step_(Trainer *t, const StepInfo *si) {
     if (t->jsonl) {
         fprintf(t->jsonl,
                 "{\"step\":%lld,\"epoch\":%lld,\"loss\":%.8g,\"lr\":%.8g,\"grad_norm\":%.8g,\"max_grad_norm\":%.8g,"
-                "\"clip_coef\":%.8g,\"samples\":%d,\"samples_per_s\":%.4g,\"step_s\":%.4g,\"time\":%.3f}\n",
+                "\"clip_coef\":%.8g,\"samples\":%d,\"samples_per_s\":%.4g,\"step_s\":%.4g,\"model_tflops\":%.4g,"
+                "\"time\":%.3f}\n",
                 (long long)s, (long long)t->st.epoch, si->loss, si->lr, si->norm, si->clip_threshold, si->coef, si->samples,
-                sps, si->seconds, wall);
+                sps, si->seconds, si->tflops, wall);
         fflush(t->jsonl);
     }
 }
@@ -670,9 +818,35 @@ int train_run(char *err, const TrainConfig *c) {
     t->cfg = c;
     t->sig_L = -1;
     int rc;
-    if ((rc = opctx_init(err, &t->ctx, c->device))) return rc;
+    char dev[64];
+    /* one GPU per local rank (torchrun's LOCAL_RANK) unless --device names one */
+    if (!strcmp(c->device, "cuda") && c->world > 1) snprintf(dev, sizeof dev, "cuda:%d", c->local_rank);
+    else snprintf(dev, sizeof dev, "%s", c->device);
+    if ((rc = opctx_init(err, &t->ctx, dev))) return rc;
     t->round = t->ctx.act == QIE_DT_BF16;
     if ((rc = load_model_(err, t))) goto done;
+    if ((rc = dst_init(err, &t->dist, c, &t->ctx, t->dit))) goto done;
+    /* this rank's shard of the master (none/DDP: all of it); moments start at 0 */
+    if (t->dist.strat == TS_NONE || t->dist.strat == TS_DDP) {
+        t->h_master = t->h_full;
+        t->h_full = NULL;
+    }
+    if (!t->h_master && !(t->h_master = calloc(t->dist.nloc, sizeof(float)))) {
+        rc = QIE_ENOMEM;
+        goto done;
+    }
+    if (t->h_full) dst_slice(&t->dist, t->h_master, t->h_full);
+    else if (c->init_weights) random_weights_(t, c->seed >= 0 ? (uint64_t)c->seed : 0);
+    free(t->h_full);
+    t->h_full = NULL;
+    if (t->ctx.dev == QIE_DEV_CPU) {
+        t->h_m = calloc(t->dist.nloc, sizeof(float));
+        t->h_v = calloc(t->dist.nloc, sizeof(float));
+        if (!t->h_m || !t->h_v) {
+            rc = QIE_ENOMEM;
+            goto done;
+        }
+    }
     if ((rc = segments_(err, t))) goto done;
     t->T = (int)c->train_sampling_steps;
     t->sig = malloc(sizeof *t->sig * t->T);
@@ -689,19 +863,24 @@ int train_run(char *err, const TrainConfig *c) {
         goto done;
     }
     t->st.seed = c->seed >= 0 ? (uint64_t)c->seed : fresh_seed_();
+    if (c->seed < 0 && t->dist.coll) { /* every rank takes rank 0's drawn seed (two exact 16-bit halves) */
+        float v[2] = {c->rank ? 0.0f : (float)(t->st.seed >> 16), c->rank ? 0.0f : (float)(t->st.seed & 0xffff)};
+        if ((rc = dst_allreduce_host(err, &t->dist, v, 2))) goto done;
+        t->st.seed = ((uint64_t)v[0] << 16) | (uint64_t)v[1];
+    }
     t->st.data_fingerprint = ds_fingerprint(t->ds);
     t->st.data_count = ds_count(t->ds);
     t->st.train_batch_size = c->train_batch_size;
     t->st.gradient_accumulation_steps = c->gradient_accumulation_steps;
     t->st.world = c->world;
     if ((rc = train_mkdirs(err, c->output_dir))) goto done;
-    if ((rc = ckpt_prune(err, c->output_dir, 0))) goto done; /* stale temp folders only */
+    if (c->rank == 0) rc = ckpt_prune(err, c->output_dir, 0); /* stale temp folders only */
+    if ((rc = dst_agree(err, &t->dist, rc))) goto done;
     if ((rc = resume_(err, t))) goto done;
     if (c->seed < 0 && !t->last_ckpt[0]) log_info0("--seed not given: using %llu", (unsigned long long)t->st.seed);
     if ((rc = drw_open(err, c->draws_path, t->st.seed, &t->drw))) goto done;
-    /* weights and optimizer state onto the device */
-    size_t n = t->dit->lay.num_params;
-    dit_set_params(t->dit, t->h_master);
+    /* weights and optimizer state onto the device (this rank's shard) */
+    size_t n = t->dist.nloc;
     if (t->ctx.dev == QIE_DEV_CPU) {
         t->d_master = t->h_master;
         t->d_m = t->h_m;
@@ -711,8 +890,18 @@ int train_run(char *err, const TrainConfig *c) {
         t->d_m = op_alloc(&t->ctx, n * sizeof(float));
         t->d_v = op_alloc(&t->ctx, n * sizeof(float));
         op_upload_f32(&t->ctx, t->d_master, t->h_master, n);
-        op_upload_f32(&t->ctx, t->d_m, t->h_m, n);
-        op_upload_f32(&t->ctx, t->d_v, t->h_v, n);
+        if (t->h_m) op_upload_f32(&t->ctx, t->d_m, t->h_m, n);
+        if (t->h_v) op_upload_f32(&t->ctx, t->d_v, t->h_v, n);
+    }
+    t->dist.master = t->d_master;
+    if (t->dist.strat == TS_NONE || t->dist.strat == TS_DDP) {
+        dit_set_params(t->dit, t->h_master);
+    } else if (t->dist.strat == TS_ZERO2) { /* bf16 of my segments, then every rank's */
+        const size_t es = op_act_size(&t->ctx);
+        for (int k = 0; k < t->dist.nsegs; k++)
+            op_f32_to_act(&t->ctx, (char *)t->dit->params + t->dist.segs[k].start * es, t->d_master + t->dist.loc[k],
+                          t->dist.segs[k].end - t->dist.segs[k].start);
+        if ((rc = dst_after_update(err, &t->dist))) goto done;
     }
     t->scratch = op_alloc(&t->ctx, (GLOBAL_NORM_BLOCKS + 1) * sizeof(float));
     /* step accounting (trainer_behaviour.md §4.11; decisions.md: the horizon is the real count) */
@@ -734,18 +923,25 @@ int train_run(char *err, const TrainConfig *c) {
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", c->output_dir, c->logging_dir);
     if ((rc = train_mkdirs(err, p))) goto done;
-    if (c->report_tensorboard) {
+    if (c->report_tensorboard && c->rank == 0) {
         snprintf(p, sizeof p, "%s/%s/%s", c->output_dir, c->logging_dir, c->tracker_project_name);
         if ((rc = tb_open(err, p, &t->tb))) goto done;
     }
     snprintf(p, sizeof p, "%s/%s/metrics.jsonl", c->output_dir, c->logging_dir);
-    if (!(t->jsonl = fopen(p, "a"))) log_warn("cannot open %s: %s", p, strerror(errno));
+    if (c->rank == 0 && !(t->jsonl = fopen(p, "a"))) log_warn("cannot open %s: %s", p, strerror(errno));
     int64_t start = t->st.global_step;
-    progress_init(&t->prog, "train", (uint64_t)(t->M > start ? t->M - start : 0), c->progress);
+    progress_init(&t->prog, "train", (uint64_t)(t->M > start ? t->M - start : 0), c->progress && c->rank == 0);
     double run_t0 = progress_now(), first_loss = NAN, last_loss = NAN;
+    const char *kill_at = getenv("QIE_TRAIN_KILL_AT"); /* fault injection for tests: "RANK:STEP" */
     while (t->st.global_step < t->M) {
         StepInfo si;
         memset(&si, 0, sizeof si);
+        int kr = -1;
+        long long ks = -1;
+        if (kill_at && sscanf(kill_at, "%d:%lld", &kr, &ks) == 2 && kr == c->rank && ks == t->st.global_step) {
+            log_warn("QIE_TRAIN_KILL_AT %s: rank %d kills itself", kill_at, c->rank);
+            raise(SIGKILL);
+        }
         if ((rc = step_(err, t, &si))) {
             if (rc == TRAIN_ENONFINITE)
                 qie_preferr(err, "stopping, nothing saved for this step (last checkpoint: %s)\nhint: lower "
@@ -772,11 +968,19 @@ int train_run(char *err, const TrainConfig *c) {
         }
     }
     progress_end(&t->prog);
-    /* the reference saves checkpoint-{global_step} once more at the end, then the weights */
-    if (t->st.global_step > start && (rc = save_(err, t))) goto done;
-    host_state_(t);
     snprintf(p, sizeof p, "%s/transformer", c->output_dir);
-    if ((rc = ckpt_save_weights(err, p, t->config_json, &t->dit->lay, t->h_master, c->max_shard_size))) goto done;
+    if (c->skip_final_save) {
+        log_info0("--final_save false: no final checkpoint, no %s", p);
+    } else if (t->dist.strat == TS_NONE) {
+        /* the reference saves checkpoint-{global_step} once more at the end, then the weights */
+        if (t->st.global_step > start && (rc = save_(err, t))) goto done;
+        if ((rc = host_state_(t))) goto done;
+        if ((rc = ckpt_save_weights(err, p, t->config_json, &t->dit->lay, t->h_master, c->max_shard_size))) goto done;
+    } else { /* sharded: the final checkpoint (a no-op when saved), then rank 0 merges it */
+        if ((rc = save_(err, t))) goto done;
+        if (c->rank == 0) rc = ckpt_save_weights_merged(err, p, t->last_ckpt, c->max_shard_size);
+        if ((rc = dst_agree(err, &t->dist, rc))) goto done;
+    }
     log_info0("done: %lld step(s) in %.1f s, loss %.4g -> %.4g; weights in %s", (long long)(t->st.global_step - start),
               progress_now() - run_t0, first_loss, last_loss, p);
 done:
