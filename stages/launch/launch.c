@@ -192,9 +192,16 @@ static void describe_status_(char *s, size_t cap, int st) {
 }
 
 /* a failure the launcher did not cause itself, and not the echo of another rank's failure */
-static int is_cause_(int st, int we_signalled) {
+/* A rank is the cause of a failure unless it only followed another: it exited with
+ * RDZV_EXIT_PEER, or died of a signal the launcher itself sent (SIGTERM, then SIGKILL after the
+ * grace period). Judging by the signal, not by the order in which waitpid reports the ranks,
+ * names the rank that was killed even when a survivor's exit 86 is reaped first. */
+static int is_cause_(int st, int we_signalled, int we_killed) {
     if (WIFEXITED(st)) return WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != RDZV_EXIT_PEER;
-    if (WIFSIGNALED(st)) return !we_signalled;
+    if (WIFSIGNALED(st)) {
+        int s = WTERMSIG(st);
+        return !we_signalled || !(s == SIGTERM || (s == SIGKILL && we_killed));
+    }
     return 1;
 }
 
@@ -310,7 +317,7 @@ int launch_run(char *err, const LaunchConfig *cfg, const LaunchPlan *p, char **a
                 running--;
                 char d[128];
                 describe_status_(d, sizeof d, st);
-                if (cause < 0 && !sig_got && is_cause_(st, failed >= 0)) cause = i;
+                if (cause < 0 && !sig_got && is_cause_(st, failed >= 0, killed)) cause = i;
                 if (st == 0) {
                     log_debug("rank %d (pid %d) %s", ch[i].rank, (int)pid, d);
                 } else if (failed < 0 && !sig_got) {
