@@ -10,7 +10,7 @@
 #      NGPU x GA 2): ddp, zero2 (DeepSpeed JSON), zero3, fsdp (FULL_SHARD) vs one GPU, max |Δw| of
 #      the fp32 master; a zero3 checkpoint of NGPU ranks resumed on NGPU/2 (zero2); qie-merge of it.
 #      bf16 compute and NCCL's own sum order: expect ~1e-4 (tolerance 2e-3, printed).
-#   2. 8 real-dims layers (D 3072, J 3584, 1328x1328 target + 1 source = 13778 image tokens + 256
+#   2. 8 real-dims layers (D 3072, J 3584, 1024x1024 target + 1 source = 8192 image tokens + 256
 #      text), random weights, synthetic latents, batch 1, gradient checkpointing: one GPU (plain,
 #      then --param_residency block), then ddp / zero2 / zero3 on NGPU GPUs: step time, model
 #      TFLOP/s per GPU (3x forward FLOPs / step time), peak memory per GPU (nvidia-smi).
@@ -109,11 +109,11 @@ real_cfg() { # real_cfg DIR LAYERS: Qwen-Image-Edit's transformer config.json
 EOF
 }
 real_cfg "$W/real8" 8
-SYN="synthetic://1328x1328?count=64&sources=1&txt=256"
+SYN="synthetic://1024x1024?count=64&sources=1&txt=256"
 BF=(--pretrained_model_name_or_path "$W/real8" --init_weights random --in "$SYN" --seed 1 --train_batch_size 1
     --gradient_accumulation_steps 1 --max_train_steps 8 --learning_rate 1e-5 --gradient_checkpointing
     --checkpointing_steps 0 --final_save=false --text_drop_ratio 0 --device cuda --progress=false --log_level warn)
-say "== 2. 8 real-dims layers, 13778 image + 256 text tokens, batch 1 per GPU"
+say "== 2. 8 real-dims layers, 1024² target + 1024² source (8192 image tokens) + 256 text tokens, batch 1 per GPU"
 ok peak_run "1gpu-plain" qie-train "${BF[@]}" --output_dir "$W/b1" && say "      $(rate "$W/b1/logs/metrics.jsonl")"
 ok peak_run "1gpu-block" qie-train "${BF[@]}" --param_residency block --output_dir "$W/b1b" &&
     say "      $(rate "$W/b1b/logs/metrics.jsonl")"
