@@ -1,9 +1,11 @@
 /* train_loop.c: the run (train.h). Setup, then per optimizer step:
  *   1. the step's micro-batches: min(GA, batches left in the epoch) of them (decisions.md: the
  *      epoch-end partial group is averaged over the micro-batches it really has);
- *   2. per micro-batch: load and validate the samples, draw, build the objective (objective.c),
- *      run the DiT on each group of samples sharing image shapes, loss gradient into the DiT's
- *      backward, scaled 1/(B·N_tgt·64·k) so the gradients are the reference's mean;
+ *   2. per micro-batch: load and validate the samples, the host draws (σ index, dropout), then per
+ *      group of samples sharing image shapes the objective on the device (kernels/objective.h:
+ *      posterior samples, ε, x_σ, v), the DiT, the loss and its gradient (on the device too,
+ *      scaled 1/(B·N_tgt·64·k) so the gradients are the reference's mean) into the backward;
+ *      the micro-batches' losses stay on the device and are read once per step;
  *   3. global norm of the trainable gradients, the plain-mode clipping threshold
  *      (decisions.md), AdamW on the fp32 master with the clip factor folded in, LR schedule;
  *   4. logs, progress, checkpoint.
@@ -22,7 +24,9 @@
 #include "err.h"
 #include "global_norm.h"
 #include "log.h"
+#include "objective.h"
 #include "progress.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "train.h"
 
@@ -68,6 +72,8 @@ typedef struct {
     float *sig, *ts;           /* σ grid and timesteps for sig_L */
     int64_t sig_L;
     DevBuf dx, dtxt, dgrad;
+    DevBuf dtxt32, dv, dmean, dlogvar, deps, dnoise; /* the objective's inputs and target on the device */
+    double *d_loss;            /* [gradient_accumulation_steps] per micro-batch loss, then the loss op's scratch */
     TbWriter *tb;
     FILE *jsonl;
     Progress prog;
@@ -164,8 +170,10 @@ static void report_bad_(Trainer *t, const char *id, const char *why) {
 typedef struct {
     int ok;
     int N, Ntot;           /* target tokens, all image tokens */
-    float *x;              /* [Ntot, 64] model input: x_σ then the packed sources */
-    float *v;              /* [N, 64] target */
+    uint64_t slot;         /* the draws' sample slot, micro-batch and row (draws.c) */
+    int64_t m;
+    int b;
+    float sigma;           /* σ in the compute dtype */
     float sigma_w;         /* loss weight */
     float tmodel;          /* t/1000 */
     int64_t idx;
@@ -173,48 +181,22 @@ typedef struct {
     int L;
 } Prepared;
 
+/* The host half of a sample's objective: the σ index, σ, the weight, the timestep, the caption
+ * dropout. The tensors (posterior samples, ε, x_σ, v) are made on the device by build_. */
 static int prepare_(char *err, Trainer *t, Sample *s, int64_t m, int b, uint64_t slot, int stratum, int nstrata,
                     Prepared *p) {
     const TrainConfig *c = t->cfg;
-    const int C = TRAIN_LATENT_CH, F = 4 * C;
-    int rc;
+    int rc = 0;
     p->N = (s->h / 2) * (s->w / 2);
     p->Ntot = p->N;
     for (int k = 0; k < s->nsrc; k++) p->Ntot += (s->sh[k] / 2) * (s->sw[k] / 2);
-    size_t big = (size_t)C * s->h * s->w;
-    for (int k = 0; k < s->nsrc; k++)
-        if ((size_t)C * s->sh[k] * s->sw[k] > big) big = (size_t)C * s->sh[k] * s->sw[k];
-    float *eps = malloc(sizeof *eps * big), *lat = malloc(sizeof *lat * big), *x0 = malloc(sizeof *x0 * (size_t)p->N * F),
-          *noise = malloc(sizeof *noise * (size_t)p->N * F);
-    p->x = malloc(sizeof *p->x * (size_t)p->Ntot * F);
-    p->v = malloc(sizeof *p->v * (size_t)p->N * F);
-    if (!eps || !lat || !x0 || !noise || !p->x || !p->v) {
-        rc = QIE_ENOMEM;
-        qie_seterr(err, "out of memory");
-        goto done;
-    }
-    /* 1. target latent: posterior sample, normalise, bf16, pack (train_edit.py order: VAE sample
-     *    first, then ε, then the index) */
-    if ((rc = drw_normal(err, t->drw, DRW_POST, slot, 0, m, b, eps, (size_t)C * s->h * s->w))) goto done;
-    obj_latent(lat, s->mean, s->logvar, eps, C, s->h, s->w);
-    obj_round(lat, (size_t)C * s->h * s->w, t->round);
-    obj_pack(x0, lat, C, s->h, s->w);
-    /* 2. sources, clean, after the target tokens */
-    size_t off = (size_t)p->N * F;
-    for (int k = 0; k < s->nsrc; k++) {
-        size_t n = (size_t)C * s->sh[k] * s->sw[k];
-        if ((rc = drw_normal(err, t->drw, DRW_POST, slot, 1 + k, m, b, eps, n))) goto done;
-        obj_latent(lat, s->smean[k], s->slogvar[k], eps, C, s->sh[k], s->sw[k]);
-        obj_round(lat, n, t->round);
-        obj_pack(p->x + off, lat, C, s->sh[k], s->sw[k]);
-        off += n;
-    }
-    /* 3. ε, generated in the compute dtype */
-    if ((rc = drw_normal(err, t->drw, DRW_NOISE, slot, 0, m, b, noise, (size_t)p->N * F))) goto done;
-    obj_round(noise, (size_t)p->N * F, t->round);
-    /* 4. the σ index */
+    p->slot = slot;
+    p->m = m;
+    p->b = b;
+    /* the σ index (train_edit.py order: VAE sample first, then ε, then the index; the draws are
+     * keyed by purpose, so the order they are taken in does not matter) */
     if (drw_replaying(t->drw)) {
-        if ((rc = drw_sigma_index(err, t->drw, m, b, &p->idx))) goto done;
+        if ((rc = drw_sigma_index(err, t->drw, m, b, &p->idx))) return rc;
     } else if (c->uniform_sampling) {
         /* decisions.md: stratified over the step's samples, strata shuffled each step */
         double u = drw_uniform(t->drw, DRW_SIGMA_U, slot);
@@ -234,38 +216,96 @@ static int prepare_(char *err, Trainer *t, Sample *s, int64_t m, int b, uint64_t
     const float *sig = sigmas_for_(t, p->N);
     float sigma = sig[p->idx];
     if (t->round) sigma = bf16_to_f32(f32_to_bf16(sigma));
+    p->sigma = sigma;
     p->tmodel = t->ts[p->idx] / 1000.0f;
     p->sigma_w = sch_weight(c->weighting_scheme, sigma);
-    /* 5. x_σ and v */
-    obj_noisy(p->x, p->v, x0, noise, sigma, (size_t)p->N * F, t->round);
-    /* 6. caption dropout from the cached empty-prompt embedding */
+    /* caption dropout from the cached empty-prompt embedding */
     int drop = 0;
     if (drw_replaying(t->drw)) {
-        if (c->text_drop_ratio > 0 && (rc = drw_text_drop(err, t->drw, m, b, &drop))) goto done;
+        if (c->text_drop_ratio > 0 && (rc = drw_text_drop(err, t->drw, m, b, &drop))) return rc;
     } else if (c->text_drop_ratio > 0) {
         drop = drw_uniform(t->drw, DRW_DROP, slot) < c->text_drop_ratio;
     }
     if (drop && !s->txt_empty) {
-        rc = QIE_EFORMAT;
         qie_seterr(err, "no prompt_embeds_empty for caption dropout");
-        goto done;
+        return QIE_EFORMAT;
     }
     p->txt = drop ? s->txt_empty : s->txt;
     p->L = drop ? s->L_empty : s->L;
     p->ok = 1;
-done:
-    free(eps);
-    free(lat);
-    free(x0);
-    free(noise);
+    return 0;
+}
+
+/* draws.c's Philox stream of (purpose, img, slot): the device draws the same normals (rng.h) */
+static uint64_t subseq_(int purpose, int img, uint64_t slot) {
+    return ((uint64_t)purpose << 56) | ((uint64_t)(img & 0xff) << 48) | (slot & 0xffffffffffffull);
+}
+
+/* n normals of (purpose, img) for sample p into b (f32 on the device): on the host into the CPU
+ * buffer itself; on CUDA drawn there (Philox), or replayed from the file and uploaded. */
+static int draw_(char *err, Trainer *t, DevBuf *b, int purpose, const Prepared *p, int img, size_t n, const float **out) {
+    float *d = devbuf_(t, b, n * sizeof(float));
+    *out = d;
+    if (t->ctx.dev == QIE_DEV_CPU) return drw_normal(err, t->drw, purpose, p->slot, img, p->m, p->b, d, n);
+#ifdef QIE_CUDA
+    if (!drw_replaying(t->drw)) return rng_normal(d, n, t->st.seed, subseq_(purpose, img, p->slot), 0, t->ctx.stream);
+#else
+    (void)subseq_;
+#endif
+    float *h = malloc(sizeof *h * n);
+    if (!h) {
+        qie_seterr(err, "out of memory");
+        return QIE_ENOMEM;
+    }
+    int rc = drw_normal(err, t->drw, purpose, p->slot, img, p->m, p->b, h, n);
+    if (!rc) op_objective_upload(&t->ctx, d, h, n);
+    free(h);
     return rc;
 }
 
-static void prepared_free_(Prepared *p) {
-    free(p->x);
-    free(p->v);
-    memset(p, 0, sizeof *p);
+/* a host f32 array where the ops can read it: itself on CPU, an async upload into b on CUDA */
+static const float *onto_(Trainer *t, DevBuf *b, const float *h, size_t n) {
+    if (t->ctx.dev == QIE_DEV_CPU) return h;
+    float *d = devbuf_(t, b, n * sizeof(float));
+    op_objective_upload(&t->ctx, d, h, n);
+    return d;
 }
+
+/* The device half of a sample's objective (objective.h): x [Ntot, 64] act gets x_σ then the
+ * packed clean sources, v [N, 64] f32 the target. */
+static int build_(char *err, Trainer *t, const Sample *s, const Prepared *p, void *x, float *v) {
+    const int C = TRAIN_LATENT_CH, F = 4 * C;
+    const size_t es = op_act_size(&t->ctx);
+    size_t big = (size_t)C * s->h * s->w;
+    for (int k = 0; k < s->nsrc; k++)
+        if ((size_t)C * s->sh[k] * s->sw[k] > big) big = (size_t)C * s->sh[k] * s->sw[k];
+    /* sized once for the sample's largest image: no reallocation between its images */
+    devbuf_(t, &t->deps, big * sizeof(float));
+    if (t->ctx.dev != QIE_DEV_CPU) {
+        devbuf_(t, &t->dmean, big * sizeof(float));
+        devbuf_(t, &t->dlogvar, big * sizeof(float));
+    }
+    const float *eps, *noise;
+    size_t n = (size_t)C * s->h * s->w;
+    int rc;
+    /* the target: posterior sample, normalise, pack; ε; x_σ and v */
+    if ((rc = draw_(err, t, &t->deps, DRW_POST, p, 0, n, &eps))) return rc;
+    if ((rc = draw_(err, t, &t->dnoise, DRW_NOISE, p, 0, (size_t)p->N * F, &noise))) return rc;
+    op_objective_target(&t->ctx, x, v, onto_(t, &t->dmean, s->mean, n), onto_(t, &t->dlogvar, s->logvar, n), eps, noise,
+                        p->sigma, C, s->h, s->w);
+    /* the sources, clean, after the target tokens */
+    size_t row = (size_t)p->N;
+    for (int k = 0; k < s->nsrc; k++) {
+        n = (size_t)C * s->sh[k] * s->sw[k];
+        if ((rc = draw_(err, t, &t->deps, DRW_POST, p, 1 + k, n, &eps))) return rc;
+        op_objective_source(&t->ctx, (char *)x + row * F * es, onto_(t, &t->dmean, s->smean[k], n),
+                            onto_(t, &t->dlogvar, s->slogvar[k], n), eps, C, s->sh[k], s->sw[k]);
+        row += (size_t)(s->sh[k] / 2) * (s->sw[k] / 2);
+    }
+    return 0;
+}
+
+static void prepared_free_(Prepared *p) { memset(p, 0, sizeof *p); }
 
 static int same_images_(const Sample *a, const Sample *b) {
     if (a->h != b->h || a->w != b->w || a->nsrc != b->nsrc) return 0;
@@ -274,17 +314,17 @@ static int same_images_(const Sample *a, const Sample *b) {
     return 1;
 }
 
-/* Runs one micro-batch; *loss gets its mean loss, *nvalid the samples used. */
+/* Runs one micro-batch; *acc (on the device, zeroed by the caller) gets its mean loss, *nvalid the
+ * samples used. */
 static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, int k, const int *strata, int nstrata,
-                  int last, double *loss, int *nvalid) {
+                  int last, double *acc, int *nvalid) {
     const TrainConfig *c = t->cfg;
     const int64_t m = t->st.micro;
     const int F = 4 * TRAIN_LATENT_CH, J = t->dit->cfg.joint_dim, OD = t->dit->cfg.out_dim;
     Sample *s = calloc((size_t)B, sizeof *s);
     Prepared *p = calloc((size_t)B, sizeof *p);
     int *done = calloc((size_t)B, sizeof *done), rc = 0, nv = 0;
-    float *h_x = NULL, *h_txt = NULL, *h_mask = NULL, *h_t = NULL, *h_out = NULL, *h_d = NULL;
-    *loss = 0.0;
+    float *h_txt = NULL, *h_mask = NULL, *h_t = NULL;
     if (!s || !p || !done) {
         rc = QIE_ENOMEM;
         goto done;
@@ -340,42 +380,48 @@ static int micro_(char *err, Trainer *t, const uint32_t *items, int B, int j, in
             sh.img_shapes[1 + q][1] = s[b0].sh[q] / 2;
             sh.img_shapes[1 + q][2] = s[b0].sw[q] / 2;
         }
-        h_x = realloc(h_x, sizeof *h_x * (size_t)G * Ntot * F);
         h_txt = calloc((size_t)G * Lmax * J, sizeof *h_txt);
         h_mask = malloc(sizeof *h_mask * (size_t)G * Lmax);
         h_t = realloc(h_t, sizeof *h_t * (size_t)G);
-        h_out = realloc(h_out, sizeof *h_out * (size_t)G * Ntot * OD);
-        h_d = realloc(h_d, sizeof *h_d * (size_t)G * Ntot * OD);
-        if (!h_x || !h_txt || !h_mask || !h_t || !h_out || !h_d) {
+        if (!h_txt || !h_mask || !h_t) {
             rc = QIE_ENOMEM;
             qie_seterr(err, "out of memory");
             goto done;
         }
         for (int g = 0; g < G; g++) {
             const Prepared *pp = &p[grp[g]];
-            memcpy(h_x + (size_t)g * Ntot * F, pp->x, sizeof *h_x * (size_t)Ntot * F);
             memcpy(h_txt + (size_t)g * Lmax * J, pp->txt, sizeof *h_txt * (size_t)pp->L * J);
             for (int l = 0; l < Lmax; l++) h_mask[(size_t)g * Lmax + l] = l < pp->L ? 1.0f : 0.0f;
             h_t[g] = pp->tmodel;
         }
-        const size_t es = op_act_size(&t->ctx);
+        const size_t es = op_act_size(&t->ctx), Ng = (size_t)p[b0].N;
         void *d_x = devbuf_(t, &t->dx, (size_t)G * Ntot * F * es), *d_txt = devbuf_(t, &t->dtxt, (size_t)G * Lmax * J * es);
-        op_upload_act(&t->ctx, d_x, h_x, (size_t)G * Ntot * F);
-        op_upload_act(&t->ctx, d_txt, h_txt, (size_t)G * Lmax * J);
+        float *d_v = devbuf_(t, &t->dv, sizeof(float) * (size_t)G * Ng * F);
+        /* the objective on the device: x_σ, the sources and v of every sample of the group */
+        for (int g = 0; g < G; g++)
+            if ((rc = build_(err, t, &s[grp[g]], &p[grp[g]], (char *)d_x + (size_t)g * Ntot * F * es,
+                             d_v + (size_t)g * Ng * F)))
+                goto done;
+        /* the text without a stream synchronisation (op_upload_act waits for the stream) */
+        if (t->ctx.dev == QIE_DEV_CPU) {
+            op_upload_act(&t->ctx, d_txt, h_txt, (size_t)G * Lmax * J);
+        } else {
+            float *d32 = devbuf_(t, &t->dtxt32, sizeof(float) * (size_t)G * Lmax * J);
+            op_objective_upload(&t->ctx, d32, h_txt, (size_t)G * Lmax * J);
+            op_f32_to_act(&t->ctx, d_txt, d32, (size_t)G * Lmax * J);
+        }
         const void *d_out = NULL;
         if ((rc = dit_forward(err, t->dit, &sh, d_x, d_txt, Lmin == Lmax ? NULL : h_mask, h_t, &d_out))) goto done;
         if ((rc = dst_error(err, &t->dist))) goto done;
-        op_download_act(&t->ctx, h_out, d_out, (size_t)G * Ntot * OD);
-        memset(h_d, 0, sizeof *h_d * (size_t)G * Ntot * OD);
+        void *d_grad = devbuf_(t, &t->dgrad, (size_t)G * Ntot * OD * es);
+        op_zero(&t->ctx, d_grad, (size_t)G * Ntot * OD * es); /* the source tokens get no gradient */
         for (int g = 0; g < G; g++) {
             const Prepared *pp = &p[grp[g]];
             /* v̂ = output[:, :N_tgt] (out_dim = 64 = the packed latent width) */
-            double sse = obj_loss(h_d + (size_t)g * Ntot * OD, h_out + (size_t)g * Ntot * OD, pp->v, pp->sigma_w,
-                                  (size_t)pp->N * F, scale);
-            *loss += sse / ((double)nv * N * F);
+            op_objective_loss(&t->ctx, (char *)d_grad + (size_t)g * Ntot * OD * es,
+                              (const char *)d_out + (size_t)g * Ntot * OD * es, d_v + (size_t)g * Ng * F, pp->sigma_w,
+                              (size_t)pp->N * F, scale, (double)nv * N * F, acc, t->d_loss + t->cfg->gradient_accumulation_steps);
         }
-        void *d_grad = devbuf_(t, &t->dgrad, (size_t)G * Ntot * OD * es);
-        op_upload_act(&t->ctx, d_grad, h_d, (size_t)G * Ntot * OD);
         /* DDP / ZeRO-2: the step's last backward reduces each range as it completes */
         t->dist.reduce_now = last && ++gi == ngroups;
         if ((rc = dit_backward(err, t->dit, d_grad, NULL, NULL))) goto done;
@@ -397,12 +443,9 @@ done:
     free(s);
     free(p);
     free(done);
-    free(h_x);
     free(h_txt);
     free(h_mask);
     free(h_t);
-    free(h_out);
-    free(h_d);
     return rc;
 }
 
@@ -470,24 +513,38 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
     t->step_flops = 0.0;
     double loss = 0.0;
     int keff = 0, samples = 0;
+    /* the micro-batches' losses stay on the device until the step's one read */
+    op_zero(&t->ctx, t->d_loss, sizeof(double) * (size_t)k);
+    int *nvs = calloc((size_t)k, sizeof *nvs);
+    double *ls = calloc((size_t)k, sizeof *ls);
+    if (!nvs || !ls) {
+        free(strata);
+        free(nvs);
+        free(ls);
+        return QIE_ENOMEM;
+    }
     for (int j = 0; j < k; j++) {
         size_t bi = (size_t)(t->st.batch_pos + j);
-        double l = 0.0;
-        int nv = 0;
         rc = micro_(err, t, t->ep.idx + t->ep.off[bi], (int)(t->ep.off[bi + 1] - t->ep.off[bi]), j, k, strata, nstrata,
-                    j == k - 1, &l, &nv);
+                    j == k - 1, t->d_loss + j, &nvs[j]);
         t->st.micro++;
         if (rc) {
             free(strata);
+            free(nvs);
+            free(ls);
             return rc;
-        }
-        if (nv) {
-            keff++;
-            loss += l;
-            samples += nv;
         }
     }
     free(strata);
+    op_objective_read(&t->ctx, ls, t->d_loss, (size_t)k);
+    for (int j = 0; j < k; j++)
+        if (nvs[j]) {
+            keff++;
+            loss += ls[j];
+            samples += nvs[j];
+        }
+    free(nvs);
+    free(ls);
     t->st.batch_pos += k;
     /* the gradients of every rank: reductions the backward did not start, then wait for them */
     dst_reduce_rest(&t->dist);
@@ -756,6 +813,13 @@ static void trainer_free_(Trainer *t) {
     op_free(&t->ctx, t->dx.p);
     op_free(&t->ctx, t->dtxt.p);
     op_free(&t->ctx, t->dgrad.p);
+    op_free(&t->ctx, t->dtxt32.p);
+    op_free(&t->ctx, t->dv.p);
+    op_free(&t->ctx, t->dmean.p);
+    op_free(&t->ctx, t->dlogvar.p);
+    op_free(&t->ctx, t->deps.p);
+    op_free(&t->ctx, t->dnoise.p);
+    op_free(&t->ctx, t->d_loss);
     dit_destroy(&t->dit);
     free(t->h_master);
     free(t->h_m);
@@ -904,6 +968,7 @@ int train_run(char *err, const TrainConfig *c) {
         if ((rc = dst_after_update(err, &t->dist))) goto done;
     }
     t->scratch = op_alloc(&t->ctx, (GLOBAL_NORM_BLOCKS + 1) * sizeof(float));
+    t->d_loss = op_alloc(&t->ctx, sizeof(double) * ((size_t)c->gradient_accumulation_steps + OBJECTIVE_LOSS_BLOCKS));
     /* step accounting (trainer_behaviour.md §4.11; decisions.md: the horizon is the real count) */
     if ((rc = smp_epoch_build(err, &t->ep, ds_items(t->ds), ds_count(t->ds), (int)c->train_batch_size, t->st.seed, 0,
                               c->rank, c->world)))
