@@ -17,7 +17,14 @@
  * and no record stranded in the pipe of a slow or dead peer.
  * End of stream: the bound side waits for ?peers=N peers (default 1) to end (reader) or to
  * acknowledge the end (writer). A peer that disconnects before its end is a failed stage: the
- * socket monitor reports it and the stream fails with QIE_EPEER instead of hanging. */
+ * socket monitor reports it and the stream fails with QIE_EPEER instead of hanging.
+ * Tolerant mode (?rejoin=1, bound side): a peer that disconnects before its end is logged with the
+ * number of records it had delivered and dropped instead of failing the stream; the stream still
+ * ends when `peers` distinct peers have ended, and a restarted peer (a new ZeroMQ identity) counts
+ * as a new one. The disconnect is tied to its peer through the connection's file descriptor: each
+ * message records its source fd (ZMQ_SRCFD) and the monitor's DISCONNECTED event names the fd that
+ * closed. What arrived from the dead peer stays delivered; what it had not sent is lost to this
+ * stream, which is why the layers above re-send by id (docs/record.md). */
 #include "ep_internal.h"
 #include "err.h"
 #include "log.h"
@@ -38,6 +45,10 @@ typedef struct {
     int ended;  /* reader side: E received; writer side: E sent */
     int acked;  /* writer side: K received */
     uint64_t count; /* records received from / sent to this peer */
+    int fd;         /* rejoin: the connection's fd as of its last message (-1: unknown) */
+    int dying;      /* rejoin: its connection closed before its end; judged after a grace */
+    int64_t dying_at;
+    int gone;       /* rejoin: dropped (died before its end) */
 } ZmqPeer;
 
 typedef struct {
@@ -60,6 +71,8 @@ typedef struct {
     int eof;
     int64_t disc_at; /* a disconnect is judged only once the socket has been quiet a while:
                         messages sent before it (an end mark, an ack) may still be queued */
+    int rejoin;      /* ?rejoin=1: a bound side tolerates peers that die before their end */
+    int ngone;
 } ZmqEp;
 
 typedef struct {
@@ -69,6 +82,7 @@ typedef struct {
     uint64_t arg;
     zmq_msg_t payload;
     int has_payload;
+    int fd;           /* source fd of the message (ZMQ_SRCFD), -1 when unknown */
 } ZmqMsg;
 
 static void put_u64_(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
@@ -100,13 +114,16 @@ static int64_t now_ms_(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Handles one monitor event; returns 1 when it was a disconnect. */
-static int monitor_event_(ZmqEp *z) {
+/* Handles one monitor event; returns 1 when it was a disconnect (its fd into *fd). */
+static int monitor_event_(ZmqEp *z, int *fd) {
     zmq_msg_t m;
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, z->mon, ZMQ_DONTWAIT) < 0) { zmq_msg_close(&m); return 0; }
     uint16_t ev = 0;
+    uint32_t val = 0;
     if (zmq_msg_size(&m) >= 2) memcpy(&ev, zmq_msg_data(&m), 2);
+    if (zmq_msg_size(&m) >= 6) memcpy(&val, (const char *)zmq_msg_data(&m) + 2, 4);
+    *fd = (int)val;
     int more = zmq_msg_more(&m);
     zmq_msg_close(&m);
     while (more) { /* second frame: the address */
@@ -120,8 +137,54 @@ static int monitor_event_(ZmqEp *z) {
     return 0;
 }
 
+#define ZMQ_DISC_GRACE_MS 300
+
+/* rejoin: the peers whose connection (fd) just closed before their end start dying; their fd is
+ * forgotten at once, so a new connection that reuses the number is not mistaken for them */
+static void rejoin_disconnect_(ZmqEp *z, int fd) {
+    for (int i = 0; i < z->npeers; i++) {
+        ZmqPeer *p = &z->peers[i];
+        if (p->fd == fd && !p->gone) {
+            p->fd = -1;
+            if (!p->ended && !p->acked) {
+                p->dying = 1;
+                p->dying_at = now_ms_();
+            }
+        }
+    }
+}
+
+/* rejoin: dying peers whose grace is over and that did not end meanwhile are dropped, loudly.
+ * Returns the time of the next judgement (or -1). */
+static int64_t rejoin_judge_(ZmqEp *z) {
+    int64_t next = -1, now = now_ms_();
+    for (int i = 0; i < z->npeers; i++) {
+        ZmqPeer *p = &z->peers[i];
+        if (!p->dying) continue;
+        if (p->ended || p->acked) { p->dying = 0; continue; }
+        if (now - p->dying_at >= ZMQ_DISC_GRACE_MS) {
+            p->dying = 0;
+            p->gone = 1;
+            z->ngone++;
+            if (z->mode == EP_READ)
+                log_warn("%s: a producer disconnected before its end of stream after delivering %llu record(s) "
+                         "(it died; what it had not sent is lost to this stream): waiting for %d more end(s) "
+                         "from the others or a restarted producer", z->name, (unsigned long long)p->count,
+                         z->expected - z->nended > 0 ? z->expected - z->nended : 0);
+            else
+                log_warn("%s: a consumer disconnected before the end after taking %llu record(s) (it died; "
+                         "they are lost to this stream): going on with the others", z->name,
+                         (unsigned long long)p->count);
+        } else if (next < 0 || p->dying_at + ZMQ_DISC_GRACE_MS < next) {
+            next = p->dying_at + ZMQ_DISC_GRACE_MS;
+        }
+    }
+    return next;
+}
+
 /* Receives the next protocol message. QIE_ETIMEOUT after timeout_ms (when set). A disconnect
- * seen on the monitor returns QIE_EPEER when `fail_on_disconnect` says it is premature. */
+ * seen on the monitor returns QIE_EPEER when `premature` says it is premature (in rejoin mode the
+ * peer is dropped instead, see rejoin_judge_). */
 static int recv_(char *err, ZmqEp *z, ZmqMsg *out, int (*premature)(ZmqEp *)) {
     int64_t deadline = z->timeout_ms > 0 ? now_ms_() + z->timeout_ms : -1;
     for (;;) {
@@ -131,6 +194,10 @@ static int recv_(char *err, ZmqEp *z, ZmqMsg *out, int (*premature)(ZmqEp *)) {
         if (deadline >= 0 && wait <= 0) {
             qie_seterr(err, "%s: no message from any peer for %d ms", z->name, z->timeout_ms);
             return QIE_ETIMEOUT;
+        }
+        if (z->rejoin) {
+            int64_t next = rejoin_judge_(z);
+            if (next >= 0 && (wait < 0 || next - now < wait)) wait = (long)(next - now > 0 ? next - now : 0);
         }
         if (z->disc_at >= 0) {
             long grace = (long)(z->disc_at + 300 - now);
@@ -150,7 +217,11 @@ static int recv_(char *err, ZmqEp *z, ZmqMsg *out, int (*premature)(ZmqEp *)) {
             return zerr_(err, z, "poll");
         }
         if (!(items[0].revents & ZMQ_POLLIN)) {
-            if ((items[1].revents & ZMQ_POLLIN) && monitor_event_(z) && z->disc_at < 0) z->disc_at = now_ms_();
+            int fd = -1;
+            if ((items[1].revents & ZMQ_POLLIN) && monitor_event_(z, &fd)) {
+                if (z->rejoin) rejoin_disconnect_(z, fd);
+                else if (z->disc_at < 0) z->disc_at = now_ms_();
+            }
             continue;
         }
         memset(out, 0, sizeof *out);
@@ -164,6 +235,7 @@ static int recv_(char *err, ZmqEp *z, ZmqMsg *out, int (*premature)(ZmqEp *)) {
             zmq_msg_init(&f);
         }
         if (zmq_msg_recv(&f, z->sock, 0) < 0) { zmq_msg_close(&f); return zerr_(err, z, "recv"); }
+        out->fd = z->rejoin ? zmq_msg_get(&f, ZMQ_SRCFD) : -1;
         size_t hl = zmq_msg_size(&f);
         const unsigned char *h = zmq_msg_data(&f);
         int more = zmq_msg_more(&f);
@@ -219,7 +291,27 @@ static int peer_add_(char *err, ZmqEp *z, const ZmqMsg *m) {
     memset(&p[z->npeers], 0, sizeof *p);
     memcpy(p[z->npeers].id, m->id, m->idlen);
     p[z->npeers].idlen = m->idlen;
+    p[z->npeers].fd = -1;
     return z->npeers++;
+}
+
+/* peer_add_ plus, in rejoin mode, what the message says about the peer's connection */
+static int peer_note_(char *err, ZmqEp *z, const ZmqMsg *m) {
+    int i = peer_add_(err, z, m);
+    if (i >= 0 && z->rejoin && m->fd >= 0 && !z->peers[i].dying && !z->peers[i].gone) z->peers[i].fd = m->fd;
+    return i;
+}
+
+/* A send to a peer that is gone (ROUTER_MANDATORY: EHOSTUNREACH) is no failure in rejoin mode:
+ * the monitor reports the disconnect and rejoin_judge_ drops the peer. */
+static int send_peer_(char *err, ZmqEp *z, const ZmqPeer *p, char type, uint64_t arg, int has_arg, const void *payload,
+                      size_t plen, int has_payload) {
+    int rc = send_(err, z, p, type, arg, has_arg, payload, plen, has_payload);
+    if (rc == QIE_EPEER && z->rejoin && z->bound) {
+        log_debug("%s: '%c' to a peer that is gone: dropped", z->name, type);
+        return 0;
+    }
+    return rc;
 }
 
 static char *abort_reason_(ZmqMsg *m, char *buf, size_t cap) {
@@ -232,6 +324,21 @@ static char *abort_reason_(ZmqMsg *m, char *buf, size_t cap) {
 
 /* ---- reader ---- */
 
+/* rejoin, at the end of the stream: the peers that never ended died (their disconnect may still
+ * be unread behind the data that kept the socket busy); say what each had delivered */
+static void rejoin_account_(ZmqEp *z) {
+    for (int i = 0; i < z->npeers; i++) {
+        ZmqPeer *p = &z->peers[i];
+        if (p->ended || p->gone) continue;
+        p->gone = 1;
+        z->ngone++;
+        log_warn("%s: a producer that delivered %llu record(s) never sent its end of stream (it died; what it had "
+                 "not sent is lost to this stream)", z->name, (unsigned long long)p->count);
+    }
+    if (z->ngone)
+        log_info("%s: %d producer(s) ended, %d died before their end", z->name, z->nended, z->ngone);
+}
+
 static int reader_premature_(ZmqEp *z) {
     return z->bound ? z->ndisconnects > z->nended : !z->eof;
 }
@@ -243,25 +350,26 @@ static int zmq_read_(char *err, void *state, const void **buf, size_t *len) {
         zmq_msg_close(&z->cur);
         z->have_cur = 0;
         const ZmqPeer *p = z->bound ? &z->peers[z->cur_peer] : NULL;
-        if (!z->bound || !p->ended)
-            if ((rc = send_(err, z, p, 'C', 1, 1, NULL, 0, 0))) return rc;
+        if (!z->bound || (!p->ended && !p->gone))
+            if ((rc = send_peer_(err, z, p, 'C', 1, 1, NULL, 0, 0))) return rc;
     }
     for (;;) {
         if (z->eof) return QIE_EEOF;
         if (z->bound && z->nended >= z->expected) {
             z->eof = 1;
+            if (z->rejoin) rejoin_account_(z);
             return QIE_EEOF;
         }
         ZmqMsg m;
         if ((rc = recv_(err, z, &m, reader_premature_))) return rc;
         int pi = -1;
         if (z->bound) {
-            if ((pi = peer_add_(err, z, &m)) < 0) { msg_release_(&m); return pi; }
+            if ((pi = peer_note_(err, z, &m)) < 0) { msg_release_(&m); return pi; }
         }
         switch (m.type) {
         case 'H':
             msg_release_(&m);
-            if (z->bound && (rc = send_(err, z, &z->peers[pi], 'C', (uint64_t)z->window, 1, NULL, 0, 0))) return rc;
+            if (z->bound && (rc = send_peer_(err, z, &z->peers[pi], 'C', (uint64_t)z->window, 1, NULL, 0, 0))) return rc;
             break;
         case 'D':
             if (!m.has_payload) {
@@ -287,9 +395,16 @@ static int zmq_read_(char *err, void *state, const void **buf, size_t *len) {
                            (unsigned long long)m.arg, (unsigned long long)got);
                 return QIE_EPEER;
             }
-            if ((rc = send_(err, z, z->bound ? &z->peers[pi] : NULL, 'K', 0, 0, NULL, 0, 0))) return rc;
+            if ((rc = send_peer_(err, z, z->bound ? &z->peers[pi] : NULL, 'K', 0, 0, NULL, 0, 0))) return rc;
             if (z->bound) {
-                if (!z->peers[pi].ended) { z->peers[pi].ended = 1; z->nended++; }
+                ZmqPeer *p = &z->peers[pi];
+                if (!p->ended) { p->ended = 1; z->nended++; }
+                if (p->gone) { /* its end was queued behind other traffic: it did not die */
+                    p->gone = 0;
+                    z->ngone--;
+                    log_warn("%s: the producer reported dead above ended after all (%llu records)", z->name,
+                             (unsigned long long)p->count);
+                }
             } else {
                 z->eof = 1;
             }
@@ -323,7 +438,7 @@ static int writer_pump_(char *err, ZmqEp *z) {
     if (rc) return rc;
     msg_release_(&m);
     int pi = -1;
-    if (z->bound && (pi = peer_add_(err, z, &m)) < 0) return pi;
+    if (z->bound && (pi = peer_note_(err, z, &m)) < 0) return pi;
     switch (m.type) {
     case 'H':
         return 0;
@@ -349,7 +464,7 @@ static int zmq_write_(char *err, void *state, const void *buf, size_t len) {
     int rc;
     /* a bound writer waits for all its expected readers before the first record, so that the
        first to connect does not take the whole head of the stream (the slow-joiner problem) */
-    while (z->bound && z->npeers < z->expected)
+    while (z->bound && z->npeers - z->ngone < z->expected)
         if ((rc = writer_pump_(err, z))) return rc;
     for (;;) {
         if (!z->bound) {
@@ -362,8 +477,12 @@ static int zmq_write_(char *err, void *state, const void *buf, size_t len) {
             for (int k = 0; k < z->npeers; k++) {
                 int i = (z->rr + k) % z->npeers;
                 ZmqPeer *p = &z->peers[i];
-                if (p->credit > 0 && !p->ended) {
-                    if ((rc = send_(err, z, p, 'D', 0, 0, buf, len, 1))) return rc;
+                if (p->credit > 0 && !p->ended && !p->gone && !p->dying) {
+                    if ((rc = send_(err, z, p, 'D', 0, 0, buf, len, 1))) {
+                        /* rejoin: the reader died with this record's credit; try the others */
+                        if (rc == QIE_EPEER && z->rejoin) { p->credit = 0; continue; }
+                        return rc;
+                    }
                     p->credit--;
                     p->count++;
                     z->rr = (i + 1) % z->npeers;
@@ -394,8 +513,8 @@ static int zmq_finish_(char *err, void *state, int ok, const char *reason, uint6
     for (;;) {
         for (int i = 0; i < z->npeers; i++) {
             ZmqPeer *p = &z->peers[i];
-            if (!p->ended) {
-                if ((rc = send_(err, z, p, 'E', p->count, 1, NULL, 0, 0))) return rc;
+            if (!p->ended && !p->gone) {
+                if ((rc = send_peer_(err, z, p, 'E', p->count, 1, NULL, 0, 0))) return rc;
                 p->ended = 1;
             }
         }
@@ -434,8 +553,10 @@ static int parse_query_(char *err, ZmqEp *z, char *addr) {
         if (!strcmp(tok, "peers") && v >= 1 && v <= ZMQ_MAX_PEERS) z->expected = (int)v;
         else if (!strcmp(tok, "credit") && v >= 1 && v <= 1024) z->window = (int)v;
         else if (!strcmp(tok, "timeout")) z->timeout_ms = (int)(v * 1000);
+        else if (!strcmp(tok, "rejoin") && v <= 1) z->rejoin = (int)v;
         else {
-            qie_seterr(err, "%s: unknown or out-of-range parameter '%s' (peers=1..%d, credit=1..1024, timeout=seconds)",
+            qie_seterr(err, "%s: unknown or out-of-range parameter '%s' (peers=1..%d, credit=1..1024, timeout=seconds, "
+                       "rejoin=0|1)",
                        z->name, tok, ZMQ_MAX_PEERS);
             return QIE_EINVAL;
         }
@@ -463,6 +584,11 @@ int ep_zmq_open(char *err, const char *url, EpMode mode, const EpOps **ops, void
         goto fail;
     }
     if ((rc = parse_query_(err, z, addr))) goto fail;
+    if (z->rejoin && !z->bound) {
+        qie_seterr(err, "%s: rejoin=1 is for the bound side (the one that waits for ?peers=N)", url);
+        rc = QIE_EINVAL;
+        goto fail;
+    }
     if (!(z->ctx = zmq_ctx_new())) { rc = zerr_(err, z, "zmq_ctx_new"); goto fail; }
     if (!(z->sock = zmq_socket(z->ctx, z->bound ? ZMQ_ROUTER : ZMQ_DEALER))) { rc = zerr_(err, z, "zmq_socket"); goto fail; }
     int hwm = 4 * z->window + 64, linger = 2000, one = 1;

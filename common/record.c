@@ -218,7 +218,9 @@ static void pack_str_(msgpack_packer *pk, const char *s) {
 
 static size_t bin_header_len_(size_t n) { return n < 256 ? 2 : n < 65536 ? 3 : 5; }
 
-int rec_encode(char *err, const Record *r, void **buf_out, size_t *len_out) {
+/* payloads == NULL: rec_encode. Otherwise rec_encode_reserve: a tensor with data == NULL gets
+ * its bin header and nbytes of reserved (unwritten) space, reported in payloads[i]. */
+static int encode_(char *err, const Record *r, void **buf_out, size_t *len_out, void **payloads) {
     if (!r->id || !*r->id) {
         qie_seterr(err, "record encode: the record has no id");
         return QIE_EINVAL;
@@ -289,7 +291,18 @@ int rec_encode(char *err, const Record *r, void **buf_out, size_t *len_out) {
             pack_str_(&pk, "pad");
             msgpack_pack_bin_with_body(&pk, zeros, k);
             pack_str_(&pk, "data");
-            msgpack_pack_bin_with_body(&pk, t->nbytes ? t->data : zeros, t->nbytes);
+            if (payloads && !t->data && t->nbytes) {
+                msgpack_pack_bin(&pk, t->nbytes);
+                if (sb.size + t->nbytes > sb.alloc) { /* cannot happen: cap is an upper bound */
+                    sb.size = cap + 1;
+                    break;
+                }
+                payloads[i] = (void *)(uintptr_t)sb.size; /* an offset until the end */
+                sb.size += t->nbytes;
+            } else {
+                if (payloads) payloads[i] = NULL;
+                msgpack_pack_bin_with_body(&pk, t->nbytes ? t->data : zeros, t->nbytes);
+            }
         }
     }
     if (sb.size > cap) { /* the estimate is an upper bound; a realloc means it was wrong */
@@ -301,9 +314,20 @@ int rec_encode(char *err, const Record *r, void **buf_out, size_t *len_out) {
         qie_seterr(err, "record encode '%s': out of memory", r->id);
         return QIE_ENOMEM;
     }
+    if (payloads)
+        for (int i = 0; i < r->ntensors; i++)
+            if (payloads[i]) payloads[i] = sb.data + (uintptr_t)payloads[i];
     *buf_out = sb.data;
     *len_out = sb.size;
     return 0;
+}
+
+int rec_encode(char *err, const Record *r, void **buf_out, size_t *len_out) {
+    return encode_(err, r, buf_out, len_out, NULL);
+}
+
+int rec_encode_reserve(char *err, const Record *r, void **buf_out, size_t *len_out, void **payloads) {
+    return encode_(err, r, buf_out, len_out, payloads);
 }
 
 /* ---- decoding ---- */

@@ -107,6 +107,14 @@ int64_t rec_numel(int ndim, const int64_t *shape);
  * Tensors with 64-byte aligned payloads are the rule (see "pad" above). */
 int rec_encode(char *err, const Record *r, void **buf_out, size_t *len_out);
 
+/* rec_encode without copying payloads that do not exist yet: a tensor added with
+ * rec_set_tensor(..., data = NULL, copy = 0) gets its bytes reserved in *buf_out, not written,
+ * and payloads[i] (one slot per tensor, in r->tensors order) points at tensor i's payload in
+ * the buffer (64-byte aligned relative to its start); payloads[i] is NULL for tensors that had
+ * data. Once the caller has written every reserved payload, the buffer holds the same bytes
+ * rec_encode gives for the filled record. (qie-decode builds its tensors in place this way.) */
+int rec_encode_reserve(char *err, const Record *r, void **buf_out, size_t *len_out, void **payloads);
+
 /* Decodes buf into r (which must be rec_init'ed or freshly rec_free'd). Tensor payloads may
  * borrow from buf: buf must outlive r's use of them. Errors: QIE_EFORMAT (malformed, truncated,
  * trailing bytes, sizes that disagree with shapes), QIE_EVERSION. On error r is left freed. */

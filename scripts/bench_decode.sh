@@ -8,7 +8,10 @@
 #              LANCZOS for the source(s) -- with torch.set_num_threads(1)
 # and prints images/s per core side by side. Settings: BENCH_N (default 48), BENCH_S (default
 # 1328, the shipped --image_sample_size), BENCH_MODE (qwen_image_edit_plus | qwen_image_edit),
-# BUILD (default build). Usage: make bench-decode, or bash scripts/bench_decode.sh.
+# BUILD (default build), BENCH_RUNS (rounds, default 3), BENCH_CPU (the CPU both are pinned to,
+# default 1), BENCH_BASE_BIN (another qie-decode, e.g. a build of the previous commit, run in
+# every round too: before/after in one run). Usage: make bench-decode, or bash
+# scripts/bench_decode.sh.
 set -euo pipefail
 BUILD=${BUILD:-build}
 N=${BENCH_N:-48}
@@ -41,17 +44,15 @@ json.dump(meta, open(f"{d}/meta.json", "w"))
 EOF
 bytes=$(du -sb "$DIR" | cut -f1)
 
-# CPU seconds (user + sys) of the one process: "per core", and not the disk's fsync wait nor
-# other jobs sharing the machine; wall time is printed too
-/usr/bin/time -f "%e %U %S" -o "$DIR/time" \
-  "$BIN" --train_data_meta "$DIR/meta.json" --train_data_dir "$DIR" --train_mode "$MODE" \
-    --image_sample_size "$S" --enable_bucket -j 1 --out "$DIR/out.qie" --log_level warn --progress=false 2>"$DIR/qie.err"
-read -r qwall qusr qsys <"$DIR/time"
-qie_ips=$(python3 -c "print(f'{$N / ($qusr + $qsys):.2f}')")
-qie_wall=$(python3 -c "print(f'{$N / $qwall:.2f}')")
-rm -f "$DIR/out.qie"
-
-read -r ref_ips ref_wall < <(python3 - "$DIR" "$N" "$S" "$MODE" <<'EOF'
+# Each round: qie then the reference, both pinned to one CPU (BENCH_CPU, default 1, when taskset
+# exists). BENCH_RUNS rounds (default 3); the best and the median are printed.
+# qie: CPU seconds (user + sys) of the one process, so not the disk's fsync wait nor other jobs
+# sharing the machine; reference: time.process_time() around its loop (imports excluded).
+# Wall rates are printed too.
+RUNS=${BENCH_RUNS:-3}
+PIN=()
+command -v taskset >/dev/null && PIN=(taskset -c "${BENCH_CPU:-1}")
+cat >"$DIR/ref.py" <<'EOF'
 import json, math, sys, time
 import numpy as np
 import torch
@@ -86,9 +87,39 @@ for e in meta:
 t1, w1 = time.process_time(), time.perf_counter()
 print(f"{n / (t1 - t0):.2f} {n / (w1 - w0):.2f}")
 EOF
-)
-ratio=$(python3 -c "print(f'{$qie_ips / $ref_ips:.2f}')")
-echo "bench-decode: $N x (1024^2 JPEG target + 1024^2 JPEG source), $(( bytes / 1024 / 1024 )) MiB, --image_sample_size $S, --train_mode $MODE, one core"
-printf '  %-46s %7s images/CPU-s (wall %s/s)\n' "qie-decode -j1 (records to a file)" "$qie_ips" "$qie_wall"
-printf '  %-46s %7s images/CPU-s (wall %s/s)\n' "reference (PIL + torch float path, 1 thread)" "$ref_ips" "$ref_wall"
-echo "  speed-up: ${ratio}x (goal >= 2x)"
+: >"$DIR/rates"
+for ((run = 0; run < RUNS; run++)); do
+  /usr/bin/time -f "%e %U %S" -o "$DIR/time" "${PIN[@]}" \
+    "$BIN" --train_data_meta "$DIR/meta.json" --train_data_dir "$DIR" --train_mode "$MODE" \
+      --image_sample_size "$S" --enable_bucket -j 1 --out "$DIR/out.qie" --log_level warn --progress=false 2>"$DIR/qie.err"
+  read -r qwall qusr qsys <"$DIR/time"
+  rm -f "$DIR/out.qie"
+  read -r ref_ips ref_wall < <("${PIN[@]}" python3 "$DIR/ref.py" "$DIR" "$N" "$S" "$MODE")
+  base=0
+  if [ -n "${BENCH_BASE_BIN:-}" ]; then
+    /usr/bin/time -f "%e %U %S" -o "$DIR/time" "${PIN[@]}" \
+      "$BENCH_BASE_BIN" --train_data_meta "$DIR/meta.json" --train_data_dir "$DIR" --train_mode "$MODE" \
+        --image_sample_size "$S" --enable_bucket -j 1 --out "$DIR/out.qie" --log_level warn --progress=false 2>"$DIR/base.err"
+    read -r bwall busr bsys <"$DIR/time"
+    rm -f "$DIR/out.qie"
+    base=$(python3 -c "print(f'{$N / ($busr + $bsys):.2f}')")
+  fi
+  python3 -c "print(f'{$N / ($qusr + $qsys):.2f} {$N / $qwall:.2f} $ref_ips $ref_wall {$qusr:.2f} {$qsys:.2f} $base')" >>"$DIR/rates"
+done
+echo "bench-decode: $N x (1024^2 JPEG target + 1024^2 JPEG source), $(( bytes / 1024 / 1024 )) MiB, --image_sample_size $S, --train_mode $MODE, one core${PIN[*]:+ (${PIN[*]})}, $RUNS rounds"
+python3 - "$DIR/rates" <<'EOF'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+q, qw, r, rw = ([row[i] for row in rows] for i in range(4))
+for i, row in enumerate(rows):
+    print(f"  round {i}: qie {row[0]:6.2f} images/CPU-s (user {row[4]:.2f} s, sys {row[5]:.2f} s, wall {row[1]:.2f}/s)"
+          f"   reference {row[2]:6.2f} images/CPU-s (wall {row[3]:.2f}/s)   {row[0] / row[2]:.2f}x"
+          + (f"   base binary {row[6]:6.2f} images/CPU-s" if row[6] else ""))
+med = statistics.median
+print(f"  {'qie-decode -j1 (records to a file)':46s} best {max(q):6.2f}  median {med(q):6.2f} images/CPU-s (wall best {max(qw):.2f}/s)")
+print(f"  {'reference (PIL + torch float path, 1 thread)':46s} best {max(r):6.2f}  median {med(r):6.2f} images/CPU-s (wall best {max(rw):.2f}/s)")
+b = [row[6] for row in rows]
+if any(b):
+    print(f"  {'BENCH_BASE_BIN (the same work, another build)':46s} best {max(b):6.2f}  median {med(b):6.2f} images/CPU-s")
+print(f"  speed-up: best/best {max(q) / max(r):.2f}x, median/median {med(q) / med(r):.2f}x (goal >= 2x)")
+EOF

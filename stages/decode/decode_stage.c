@@ -4,8 +4,10 @@
 #include "decode_stage.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,99 +199,20 @@ static void set_path_(char *out, size_t cap, const char *p) {
     if (cap) snprintf(out, cap, "%s", p ? p : "");
 }
 
-/* (x - 0.5f) / 0.5f rounded to bf16 (nearest even), for one row. Division by 0.5 is exact, so
- * (x - 0.5f) * 2.0f is the same float; the values are finite (x in [0, 1] up to filter
- * overshoot), so f32_to_bf16's NaN branch can go. Written with vector extensions, 8 at a time:
- * GCC's -O2 cost model leaves the plain loop scalar, and it was 9% of bench-decode. */
-typedef float DecV8f_ __attribute__((vector_size(32)));
-typedef uint32_t DecV8u_ __attribute__((vector_size(32)));
-typedef uint16_t DecV8h_ __attribute__((vector_size(16)));
+/* The pixels of a sample are made after its record is laid out, straight into the tensor
+ * payloads: for the worker, inside the encoded record buffer (rec_encode_reserve: no copy of
+ * the 14 MB of payloads, no zeroed tensor buffers); for dec_build_sample, into owned tensors.
+ * The bytes are the same either way. Decoded images are held from planning to filling, up to
+ * HOLD_BYTES in all; sources past that are decoded again when their turn comes. */
+#define HOLD_BYTES ((size_t)256 << 20)
 
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-static void normalize_bf16_row_(const float *restrict src, uint16_t *restrict dst, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        DecV8f_ v;
-        DecV8u_ u;
-        memcpy(&v, src + i, sizeof v);
-        v = (v - 0.5f) * 2.0f;
-        memcpy(&u, &v, sizeof u);
-        u += 0x7fffu + ((u >> 16) & 1u);
-        DecV8h_ h = __builtin_convertvector(u >> 16, DecV8h_);
-        memcpy(dst + i, &h, sizeof h);
-    }
-    for (; i < n; i++) {
-        float v = (src[i] - 0.5f) * 2.0f;
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        u += 0x7fffu + ((u >> 16) & 1u);
-        dst[i] = (uint16_t)(u >> 16);
-    }
-}
-
-static int target_pixels_(char *err, const Image *im, const TargetPlan *tp, Record *r) {
-    int rc = 0;
-    size_t rplane = (size_t)tp->resize_w * (size_t)tp->resize_h;
-    float *src = malloc((size_t)im->w * (size_t)im->h * 3 * sizeof(float));
-    float *rs = NULL;
-    if (!src) goto nomem;
-    /* torch: `pixel_values / 255.` on the permuted uint8 tensor, in float32 */
-    resample_u8_to_chw_f32(im->px, im->w, im->h, src);
-    if (tp->resize_w == im->w && tp->resize_h == im->h) {
-        /* torchvision's resize returns the image unchanged when the size already matches */
-        rs = src;
-        src = NULL;
-    } else {
-        rs = malloc(rplane * 3 * sizeof(float));
-        if (!rs) goto nomem;
-        if ((rc = resample_bilinear_aa_f32(err, src, im->w, im->h, rs, (int)tp->resize_w,
-                                           (int)tp->resize_h)))
-            goto out;
-    }
-    int64_t shape[3] = {3, tp->bucket_h, tp->bucket_w};
-    void *data = NULL;
-    if ((rc = rec_new_tensor(err, r, "target_pixels", QIE_DT_BF16, 3, shape, &data))) goto out;
-    uint16_t *dst = data;
-    /* crop, then Normalize(0.5, 0.5): (x - 0.5) / 0.5 in float32, then the cast to bf16 the
-     * trainer does right before the VAE */
-    for (int c = 0; c < 3; c++)
-        for (int y = 0; y < tp->bucket_h; y++) {
-            const float *row = rs + (size_t)c * rplane + (size_t)(y + tp->crop_top) * (size_t)tp->resize_w +
-                               (size_t)tp->crop_left;
-            uint16_t *drow = dst + ((size_t)c * tp->bucket_h + y) * (size_t)tp->bucket_w;
-            normalize_bf16_row_(row, drow, tp->bucket_w);
-        }
-    goto out;
-nomem:
-    qie_seterr(err, "target %dx%d: out of memory", im->w, im->h);
-    rc = QIE_ENOMEM;
-out:
-    free(src);
-    free(rs);
-    return rc;
-}
-
-/* Pillow `im.resize((w, h), Image.LANCZOS)` into a new u8 tensor [h, w, 3] named name */
-static int lanczos_tensor_(char *err, const Image *im, int64_t w, int64_t h, Record *r,
-                           const char *name) {
-    int64_t shape[3] = {h, w, 3};
-    void *data = NULL;
-    int rc = rec_new_tensor(err, r, name, QIE_DT_U8, 3, shape, &data);
-    if (rc) return rc;
-    if (w == im->w && h == im->h) { /* Pillow's resize returns a copy for the same size */
-        memcpy(data, im->px, (size_t)w * (size_t)h * 3);
-        return 0;
-    }
-    return resample_lanczos_u8(err, im->px, im->w, im->h, data, (int)w, (int)h);
-}
-
-static int source_tensors_(char *err, const DecodeOpts *o, const Image *im, int k, Record *r) {
-    char name[64];
-    snprintf(name, sizeof name, "source_pixels.%d", k);
+/* the source sizes of the mode, with the reference's failures (a reject reason in err) */
+static int source_sizes_(char *err, const DecodeOpts *o, const Image *im, int k, int64_t sz[4]) {
     if (o->train_mode == DEC_EDIT) {
         int w, h;
         bucket_v1_source_size(im->w, im->h, &w, &h);
-        return lanczos_tensor_(err, im, w, h, r, name);
+        sz[0] = w, sz[1] = h, sz[2] = sz[3] = 0;
+        return 0;
     }
     int64_t vw, vh, cw, ch;
     bucket_calc_dims(o->vae_area ? o->vae_area : BUCKET_VAE_AREA, im->w, im->h, &vw, &vh);
@@ -305,33 +228,59 @@ static int source_tensors_(char *err, const DecodeOpts *o, const Image *im, int 
                    (long long)vh);
         return QIE_ELIMIT;
     }
-    int rc = lanczos_tensor_(err, im, vw, vh, r, name);
-    if (rc) return rc;
-    snprintf(name, sizeof name, "source_cond.%d", k);
-    return lanczos_tensor_(err, im, cw, ch, r, name);
+    sz[0] = vw, sz[1] = vh, sz[2] = cw, sz[3] = ch;
+    return 0;
 }
 
-int dec_build_sample(char *err, const DecodeOpts *o, int64_t index, const char *json, size_t len,
-                     Record *r, char *path_out, size_t path_cap) {
+/* Pillow `im.resize((w, h), Image.LANCZOS)` into dst (h, w, 3) */
+static int lanczos_fill_(char *err, const Image *im, int64_t w, int64_t h, void *dst) {
+    if (w == im->w && h == im->h) { /* Pillow's resize returns a copy for the same size */
+        memcpy(dst, im->px, (size_t)w * (size_t)h * 3);
+        return 0;
+    }
+    return resample_lanczos_u8(err, im->px, im->w, im->h, dst, (int)w, (int)h);
+}
+
+static int add_u8_tensor_(char *err, Record *r, const char *name, int64_t w, int64_t h) {
+    int64_t shape[3] = {h, w, 3};
+    return rec_set_tensor(err, r, name, QIE_DT_U8, 3, shape, NULL, 0);
+}
+
+/* the source-count rule of the mode (a reject reason in err) */
+static int check_sources_(char *err, const DecodeOpts *o, const MetaEntry *e) {
+    if (o->train_mode == DEC_EDIT && e->nsources != 1) {
+        qie_seterr(err, "qwen_image_edit takes exactly one source image, this entry has %d%s",
+                   e->nsources, e->nsources > 1 ? " (use --train_mode qwen_image_edit_plus)" : "");
+        return QIE_EINVAL;
+    }
+    if (o->train_mode == DEC_EDIT_PLUS && e->nsources < 1) {
+        qie_seterr(err, "qwen_image_edit_plus needs at least one source image, this entry has none");
+        return QIE_EINVAL;
+    }
+    return 0;
+}
+
+int dec_entry_id(char *err, const DecodeOpts *o, int64_t index, const char *json, size_t len, char id[65]) {
     MetaEntry e;
-    Image im = {0};
+    int rc = meta_entry_parse(err, json, len, o->data_root, &e);
+    if (!rc && !(rc = check_sources_(err, o, &e))) dec_sample_id(o, &e, dec_downscale(o, index), id);
+    meta_entry_free(&e);
+    return rc;
+}
+
+/* dec_build_sample, and with buf_out the encoded record (its pixels made in place) */
+static int build_(char *err, const DecodeOpts *o, int64_t index, const char *json, size_t len,
+                  Record *r, char *path_out, size_t path_cap, void **buf_out, size_t *len_out) {
+    MetaEntry e;
+    Image *ims = NULL; /* [0] the target, [1 + k] source k */
+    int64_t (*ssz)[4] = NULL;
+    void **pay = NULL;
     ImgLimits lim = {o->max_pixels};
     set_path_(path_out, path_cap, "");
     int rc = meta_entry_parse(err, json, len, o->data_root, &e);
     if (e.file_path) set_path_(path_out, path_cap, e.file_path);
     if (rc) goto out;
-
-    if (o->train_mode == DEC_EDIT && e.nsources != 1) {
-        qie_seterr(err, "qwen_image_edit takes exactly one source image, this entry has %d%s",
-                   e.nsources, e.nsources > 1 ? " (use --train_mode qwen_image_edit_plus)" : "");
-        rc = QIE_EINVAL;
-        goto out;
-    }
-    if (o->train_mode == DEC_EDIT_PLUS && e.nsources < 1) {
-        qie_seterr(err, "qwen_image_edit_plus needs at least one source image, this entry has none");
-        rc = QIE_EINVAL;
-        goto out;
-    }
+    if ((rc = check_sources_(err, o, &e))) goto out;
 
     double d = dec_downscale(o, index);
     char id[65];
@@ -342,20 +291,27 @@ int dec_build_sample(char *err, const DecodeOpts *o, int64_t index, const char *
         goto nomem;
     for (int k = 0; k < e.nsources; k++)
         if ((rc = rec_add_source(r, e.sources_raw[k]))) goto nomem;
+    ims = calloc((size_t)e.nsources + 1, sizeof *ims);
+    ssz = calloc((size_t)e.nsources + 1, sizeof *ssz);
+    pay = calloc((size_t)2 * e.nsources + 1, sizeof *pay);
+    if (!ims || !ssz || !pay) goto nomem;
 
     /* target */
-    if ((rc = img_decode_file(err, e.file_path, &lim, &im))) goto out;
+    if ((rc = img_decode_file(err, e.file_path, &lim, &ims[0]))) goto out;
+    const Image *tim = &ims[0];
     TargetPlan tp;
-    if ((rc = bucket_target_plan(err, im.h, im.w, o->sample_size, d, o->enable_bucket, &tp))) goto out;
+    if ((rc = bucket_target_plan(err, tim->h, tim->w, o->sample_size, d, o->enable_bucket, &tp))) goto out;
     if (tp.resize_h * tp.resize_w > o->max_pixels) {
         qie_seterr(err, "target %dx%d: the cover resize to %lldx%lld is above --max_pixels %lld",
-                   im.w, im.h, (long long)tp.resize_w, (long long)tp.resize_h, (long long)o->max_pixels);
+                   tim->w, tim->h, (long long)tp.resize_w, (long long)tp.resize_h, (long long)o->max_pixels);
         rc = QIE_ELIMIT;
         goto out;
     }
     r->bucket[0] = tp.bucket_h;
     r->bucket[1] = tp.bucket_w;
-    if ((rc = target_pixels_(err, &im, &tp, r))) goto out;
+    /* bf16(((x/255 resized) - 0.5) / 0.5): torch bilinear-aa cover resize, centre crop */
+    int64_t tshape[3] = {3, tp.bucket_h, tp.bucket_w};
+    if ((rc = rec_set_tensor(err, r, "target_pixels", QIE_DT_BF16, 3, tshape, NULL, 0))) goto out;
     /* cfg.* attrs are the settings that shape the pixels: the cache records them once and
        refuses records made with other ones (docs/cache.md) */
     if ((rc = rec_set_attr_str(r, "cfg.train_mode", o->train_mode == DEC_EDIT ? "qwen_image_edit"
@@ -366,29 +322,96 @@ int dec_build_sample(char *err, const DecodeOpts *o, int64_t index, const char *
         (rc = rec_set_attr_int(r, "cfg.vae_image_area", o->vae_area ? o->vae_area : BUCKET_VAE_AREA)) ||
         (rc = rec_set_attr_int(r, "cfg.condition_image_area", o->cond_area ? o->cond_area : BUCKET_COND_AREA)) ||
         (rc = rec_set_attr_float(r, "downscale", d)) ||
-        (rc = rec_set_attr_int(r, "target_h", im.h)) || (rc = rec_set_attr_int(r, "target_w", im.w)) ||
+        (rc = rec_set_attr_int(r, "target_h", tim->h)) || (rc = rec_set_attr_int(r, "target_w", tim->w)) ||
         (rc = rec_set_attr_int(r, "resize_h", tp.resize_h)) ||
         (rc = rec_set_attr_int(r, "resize_w", tp.resize_w)) ||
         (rc = rec_set_attr_int(r, "crop_top", tp.crop_top)) ||
         (rc = rec_set_attr_int(r, "crop_left", tp.crop_left)))
         goto nomem;
-    img_free(&im);
+    size_t held = (size_t)tim->w * (size_t)tim->h * 3;
 
-    /* sources, each resized from its original decode */
+    /* sources, each resized from its original decode: sizes and tensors now, pixels below */
     for (int k = 0; k < e.nsources; k++) {
+        Image *im = &ims[1 + k];
+        char name[64];
         set_path_(path_out, path_cap, e.sources[k]);
-        if ((rc = img_decode_file(err, e.sources[k], &lim, &im))) goto out;
-        if ((rc = source_tensors_(err, o, &im, k, r))) goto out;
-        img_free(&im);
+        if ((rc = img_decode_file(err, e.sources[k], &lim, im))) goto out;
+        if ((rc = source_sizes_(err, o, im, k, ssz[1 + k]))) goto out;
+        snprintf(name, sizeof name, "source_pixels.%d", k);
+        if ((rc = add_u8_tensor_(err, r, name, ssz[1 + k][0], ssz[1 + k][1]))) goto out;
+        if (o->train_mode != DEC_EDIT) {
+            snprintf(name, sizeof name, "source_cond.%d", k);
+            if ((rc = add_u8_tensor_(err, r, name, ssz[1 + k][2], ssz[1 + k][3]))) goto out;
+        }
+        size_t b = (size_t)im->w * (size_t)im->h * 3;
+        if (held + b > HOLD_BYTES) {
+            free(im->px); /* decoded again below (w, h stay) */
+            im->px = NULL;
+        } else {
+            held += b;
+        }
     }
     set_path_(path_out, path_cap, e.file_path);
+
+    /* lay out the record, then make the pixels where they go */
+    if (buf_out) {
+        if ((rc = rec_encode_reserve(err, r, buf_out, len_out, pay))) {
+            set_path_(path_out, path_cap, e.file_path_raw); /* an encode failure rejects the entry too */
+            goto out;
+        }
+    } else {
+        for (int i = 0; i < r->ntensors; i++) {
+            RecTensor *t = &r->tensors[i];
+            int64_t shape[QIE_REC_MAX_DIMS];
+            memcpy(shape, t->shape, sizeof shape);
+            char *nm = strdup(t->name);
+            if (!nm) goto nomem;
+            rc = rec_new_tensor(err, r, nm, t->dtype, t->ndim, shape, &pay[i]);
+            free(nm);
+            if (rc) goto out;
+        }
+    }
+    if ((rc = resample_target_bf16(err, tim->px, tim->w, tim->h, (int)tp.resize_w, (int)tp.resize_h,
+                                   (int)tp.crop_left, (int)tp.crop_top, (int)tp.bucket_w,
+                                   (int)tp.bucket_h, pay[0])))
+        goto out;
+    img_free(&ims[0]);
+    int ti = 1;
+    for (int k = 0; k < e.nsources; k++) {
+        Image *im = &ims[1 + k];
+        if (!im->px) {
+            set_path_(path_out, path_cap, e.sources[k]);
+            if ((rc = img_decode_file(err, e.sources[k], &lim, im))) goto out;
+            set_path_(path_out, path_cap, e.file_path);
+        }
+        if ((rc = lanczos_fill_(err, im, ssz[1 + k][0], ssz[1 + k][1], pay[ti++]))) goto out;
+        if (o->train_mode != DEC_EDIT &&
+            (rc = lanczos_fill_(err, im, ssz[1 + k][2], ssz[1 + k][3], pay[ti++])))
+            goto out;
+        img_free(im);
+    }
     goto out;
 nomem:
     qie_seterr(err, "record: out of memory");
+    if (!rc) rc = QIE_ENOMEM;
 out:
-    img_free(&im);
+    if (rc && buf_out && *buf_out) {
+        free(*buf_out);
+        *buf_out = NULL;
+        *len_out = 0;
+    }
+    if (ims)
+        for (int k = 0; k <= e.nsources; k++) img_free(&ims[k]);
+    free(ims);
+    free(ssz);
+    free(pay);
     meta_entry_free(&e);
     return rc;
+}
+
+int dec_build_sample(char *err, const DecodeOpts *o, int64_t index, const char *json, size_t len,
+                     Record *r, char *path_out, size_t path_cap) {
+    return build_(err, o, index, json, len, r, path_out, path_cap, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -447,15 +470,27 @@ static void *dec_worker_(void *arg) {
             break;
         }
         if (idx % run->shard_n != run->shard_i) continue;
+        if (run->skip) {
+            /* an entry that does not parse falls through to dec_build_sample, which rejects it
+               with the same reason and reports it */
+            char id[65];
+            if (!dec_entry_id(err, &run->opts, idx, js, len, id) && dec_ids_has(run->skip, id)) {
+                pthread_mutex_lock(&sh->out_mu);
+                sh->stats.skipped++;
+                if (run->progress)
+                    progress_update(run->progress,
+                                    (uint64_t)(sh->stats.emitted + sh->stats.rejected + sh->stats.skipped));
+                pthread_mutex_unlock(&sh->out_mu);
+                continue;
+            }
+        }
 
         Record r;
         rec_init(&r);
         err[0] = 0;
         void *buf = NULL;
         size_t blen = 0;
-        int brc = dec_build_sample(err, &run->opts, idx, js, len, &r, path, sizeof path);
-        if (!brc && (brc = rec_encode(err, &r, &buf, &blen)))
-            set_path_(path, sizeof path, r.target); /* an encode failure rejects the entry too */
+        int brc = build_(err, &run->opts, idx, js, len, &r, path, sizeof path, &buf, &blen);
         rec_free(&r);
 
         pthread_mutex_lock(&sh->out_mu);
@@ -472,7 +507,8 @@ static void *dec_worker_(void *arg) {
                     fatal_(sh, rc, e2);
                 }
             }
-            if (run->progress) progress_update(run->progress, (uint64_t)(sh->stats.emitted + sh->stats.rejected));
+            if (run->progress)
+                progress_update(run->progress, (uint64_t)(sh->stats.emitted + sh->stats.rejected + sh->stats.skipped));
         }
         pthread_mutex_unlock(&sh->out_mu);
         free(buf);
@@ -523,4 +559,73 @@ out:
     pthread_mutex_destroy(&sh->out_mu);
     free(sh);
     return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * id sets (--skip_ids) */
+
+struct DecIdSet {
+    char **ids; /* sorted */
+    size_t n;
+};
+
+static int cmp_str_(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int dec_ids_load(char *err, const char *path, DecIdSet **out) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        qie_seterr(err, "open %s: %s", path, strerror(e));
+        return e;
+    }
+    DecIdSet *s = calloc(1, sizeof *s);
+    size_t cap = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t got;
+    int rc = s ? 0 : QIE_ENOMEM;
+    while (!rc && (got = getline(&line, &lcap, f)) >= 0) {
+        char *b = line, *e = line + got;
+        while (b < e && (*b == ' ' || *b == '\t')) b++;
+        while (e > b && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) e--;
+        if (b == e) continue;
+        if (s->n == cap) {
+            size_t nc = cap ? 2 * cap : 1024;
+            char **v = realloc(s->ids, nc * sizeof *v);
+            if (!v) { rc = QIE_ENOMEM; break; }
+            s->ids = v;
+            cap = nc;
+        }
+        if (!(s->ids[s->n] = strndup(b, (size_t)(e - b)))) { rc = QIE_ENOMEM; break; }
+        s->n++;
+    }
+    if (!rc && ferror(f)) {
+        rc = QIE_EIO;
+        qie_seterr(err, "read %s failed", path);
+    } else if (rc) {
+        qie_seterr(err, "%s: out of memory", path);
+    }
+    free(line);
+    fclose(f);
+    if (rc) {
+        dec_ids_free(&s);
+        return rc;
+    }
+    if (s->n) qsort(s->ids, s->n, sizeof *s->ids, cmp_str_); /* ids is NULL for an empty file */
+    *out = s;
+    return 0;
+}
+
+int dec_ids_has(const DecIdSet *s, const char *id) {
+    return s && s->n && bsearch(&id, s->ids, s->n, sizeof *s->ids, cmp_str_) != NULL;
+}
+
+size_t dec_ids_count(const DecIdSet *s) { return s ? s->n : 0; }
+
+void dec_ids_free(DecIdSet **s) {
+    if (!s || !*s) return;
+    for (size_t i = 0; i < (*s)->n; i++) free((*s)->ids[i]);
+    free((*s)->ids);
+    free(*s);
+    *s = NULL;
 }

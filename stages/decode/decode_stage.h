@@ -75,6 +75,20 @@ void dec_sha256_hex(const void *data, size_t len, char out[65]);
  * (caller frees). */
 int dec_load_hw_draws(char *err, const char *path, int sample_size, double **out, int64_t *n);
 
+/* The id of an entry without decoding its images: parses the entry, checks its source count for
+ * the mode and hashes what dec_sample_id hashes (the id depends only on paths, text, settings
+ * and the hw-adapt draw). Returns 0, or the code dec_build_sample would reject the entry with. */
+int dec_entry_id(char *err, const DecodeOpts *o, int64_t index, const char *json, size_t len, char id[65]);
+
+/* A set of record ids ("ids already done": `qie-cache ls DIR --ids_only`), for --skip_ids. */
+typedef struct DecIdSet DecIdSet;
+/* One id per line (blank lines ignored, surrounding blanks trimmed). *out must be NULL; free with
+ * dec_ids_free. 0, an errno, or QIE_ENOMEM. */
+int dec_ids_load(char *err, const char *path, DecIdSet **out);
+int dec_ids_has(const DecIdSet *s, const char *id);
+size_t dec_ids_count(const DecIdSet *s);
+void dec_ids_free(DecIdSet **s); /* NULL-safe; nulls *s */
+
 /* Where encoded records go: called under the output lock, one record's bytes at a time. */
 typedef int (*DecSinkFn)(char *err, void *ctx, const void *buf, size_t len);
 
@@ -86,12 +100,15 @@ typedef struct {
     void *sink_ctx;
     FILE *rejects;            /* JSON lines {"index","path","reason"}; may be NULL */
     Progress *progress;       /* may be NULL */
+    const DecIdSet *skip;     /* borrowed: entries whose id is in it are skipped before their
+                                 images are decoded (a re-run sends only what is missing); NULL */
 } DecodeRun;
 
 typedef struct {
     int64_t entries;  /* entries of this shard */
     int64_t emitted;  /* records written */
     int64_t rejected;
+    int64_t skipped;  /* in run->skip: already done elsewhere */
 } DecodeStats;
 
 /* Decodes every entry of this shard with run->jobs threads. Output order is the metadata order

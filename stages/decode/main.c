@@ -42,7 +42,7 @@ static char **rewrite_short_(int argc, char **argv, char *jbuf, size_t cap) {
 int main(int argc, char **argv) {
     char err[QIE_ERR_LEN] = "";
     const char *meta_path = NULL, *data_dir = NULL, *train_mode = NULL, *draws_path = NULL;
-    const char *shard = NULL, *out_url = NULL, *rejects_path = NULL, *log_level = NULL;
+    const char *shard = NULL, *out_url = NULL, *rejects_path = NULL, *log_level = NULL, *skip_path = NULL;
     int64_t sample_size = 512, seed = -1, max_pixels = 0, jobs = 1, vae_area = 0, cond_area = 0;
     int enable_bucket = 0, hw_adapt = 0, strict = 0, progress = 1, random_ratio_crop = 0;
     CliStrs fix_sample_size = {0};
@@ -62,6 +62,7 @@ int main(int argc, char **argv) {
         {"shard", CLI_STR, &shard, "0/1", "i/n: take the entries whose index % n == i", 0, 0},
         {"out", CLI_STR, &out_url, "-", "where records go: -, FILE, tcp://, ipc://", 0, 0},
         {"rejects", CLI_STR, &rejects_path, NULL, "write rejected entries here as JSON lines {index, path, reason}", 0, 0},
+        {"skip_ids", CLI_STR, &skip_path, NULL, "skip entries whose record id is listed in FILE (one per line, e.g. `qie-cache ls DIR --ids_only`), before decoding them", 0, 0},
         {"strict", CLI_BOOL, &strict, "false", "exit non-zero when any entry was rejected", 0, 0},
         {"progress", CLI_BOOL, &progress, "true", "report progress on stderr", 0, 0},
         {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
@@ -149,6 +150,7 @@ int main(int argc, char **argv) {
     Endpoint *out = NULL;
     FILE *rej = NULL;
     double *draws = NULL;
+    DecIdSet *skip = NULL;
     Progress prog;
     DecodeStats st = {0};
     int64_t nd = 0;
@@ -157,6 +159,11 @@ int main(int argc, char **argv) {
         goto fail;
     run.opts.hw_draws = draws;
     run.opts.n_hw_draws = nd;
+    if (skip_path) {
+        if ((rc = dec_ids_load(err, skip_path, &skip))) goto fail;
+        log_info("--skip_ids %s: %zu id(s) already done", skip_path, dec_ids_count(skip));
+        run.skip = skip;
+    }
     /* validate the whole metadata before the output exists: bad JSON emits nothing */
     if ((rc = meta_open(err, meta_path, &m))) goto fail;
     log_info("%s: %lld entries", meta_path, (long long)meta_count(m));
@@ -187,9 +194,12 @@ int main(int argc, char **argv) {
     ep_close(&out);
     meta_close(&m);
     free(draws);
+    dec_ids_free(&skip);
     /* the summary goes out even at --log_level quiet: it is the run's result */
-    fprintf(stderr, "qie-decode: %lld entries, %lld processed, %lld rejected%s\n", (long long)st.entries,
-            (long long)st.emitted, (long long)st.rejected,
+    char skipped[64] = "";
+    if (skip_path) snprintf(skipped, sizeof skipped, ", %lld skipped (--skip_ids)", (long long)st.skipped);
+    fprintf(stderr, "qie-decode: %lld entries, %lld processed, %lld rejected%s%s\n", (long long)st.entries,
+            (long long)st.emitted, (long long)st.rejected, skipped,
             st.rejected && rejects_path ? " (see --rejects file)" : "");
     return strict && st.rejected ? 3 : 0; /* 3: finished, but --strict and rejects */
 fail:
@@ -199,5 +209,6 @@ fail:
     if (rej) fclose(rej);
     meta_close(&m);
     free(draws);
+    dec_ids_free(&skip);
     return 1;
 }
