@@ -85,7 +85,7 @@ TOOL_SRC := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/bin/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all test-gpu test test-plain test-san clean bundle fuzz demo bench-decode bench-cache
+.PHONY: all test-gpu test test-plain test-san clean bundle fuzz demo bench-decode bench-cache bench-pipeline
 ALL_TARGETS := $(BINS) $(TEST_BINS) $(TOOL_BINS) $(BENCH_BINS)
 ifeq ($(CUDA),1)
 ALL_TARGETS += $(GPU_TEST_BINS)
@@ -189,6 +189,9 @@ bench-decode: all
 
 bench-cache: all
 	bash scripts/bench_cache.sh
+
+bench-pipeline: all
+	bash scripts/bench_pipeline.sh
 
 bundle: all
 	bash scripts/bundle.sh $(BUILD) $(BUILD)/bundle

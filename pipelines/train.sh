@@ -16,9 +16,10 @@
 #   multinode: MASTER_ADDR, MASTER_PORT, NUM_MACHINES (the doc's WORLD_SIZE), MACHINE_RANK (its RANK)
 # What the modes map to (docs/from-videox-fun.md has the flag-by-flag table):
 #   plain      accelerate launch --mixed_precision=bf16 train_edit.py      -> qie-train
-#   zero2      ... --use_deepspeed --deepspeed_config_file zero_stage2      -> qie-launch --nproc_per_node N qie-train --zero_stage 2
-#   zero3      ... --zero_stage 3 ... zero_stage3 config; zero_to_bf16.py  -> qie-launch ... --zero_stage 3; qie-merge
-#   fsdp       ... --use_fsdp --fsdp_sharding_strategy FULL_SHARD          -> qie-launch ... --zero_stage 3 (parameters sharded too)
+#   zero2      ... --use_deepspeed --deepspeed_config_file zero_stage2      -> qie-launch --nproc_per_node N qie-train --distributed zero2
+#   zero3      ... --zero_stage 3 ... zero_stage3 config; zero_to_bf16.py  -> qie-launch ... --distributed zero3; qie-merge
+#   fsdp       ... --use_fsdp --fsdp_sharding_strategy FULL_SHARD          -> qie-launch ... --distributed fsdp
+#   (the reference's own spellings, --use_deepspeed --deepspeed_config_file F and --use_fsdp ..., work too)
 #   multinode  the ZeRO-2 command on every machine                          -> qie-launch --nnodes/--node_rank/--master_* ...
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,15 +56,13 @@ while [ $# -gt 0 ]; do
     if grep -qx -- "$k" <<< "$known"; then extra+=("$a" "${v[@]}"); fi
 done
 train=(qie-train "${common[@]}" --in "lmdb://$CACHE" --device "$DEVICE" "${extra[@]}")
-# qie-train's sharding flag; an older qie-train without it trains data-parallel (ZeRO-1-like)
-zero() { if qie-train --help 2>/dev/null | grep -q -- '--zero_stage'; then echo "--zero_stage $1"; fi; }
 launch=(qie-launch --nproc_per_node "$NPROC" --device "$DEVICE")
 case $mode in
     plain) exec "${train[@]}" ;;
-    zero2) exec "${launch[@]}" "${train[@]}" $(zero 2) ;;
-    fsdp) exec "${launch[@]}" "${train[@]}" $(zero 3) ;;
+    zero2) exec "${launch[@]}" "${train[@]}" --distributed zero2 ;;
+    fsdp) exec "${launch[@]}" "${train[@]}" --distributed fsdp ;;
     zero3)
-        "${launch[@]}" "${train[@]}" $(zero 3)
+        "${launch[@]}" "${train[@]}" --distributed zero3
         # zero_to_bf16.py output_dir/checkpoint-N output_dir/checkpoint-N-outputs --max_shard_size 80GB --safe_serialization
         last=$(ls -d "$output_dir"/checkpoint-[0-9]* 2>/dev/null | sort -t- -k2 -n | tail -1)
         [ -n "$last" ] && [ -e "$last"/layout.json ] &&
@@ -72,6 +71,6 @@ case $mode in
     multinode)
         : "${MASTER_ADDR:?}" "${MASTER_PORT:?}" "${NUM_MACHINES:?}" "${MACHINE_RANK:?}"
         exec "${launch[@]}" --nnodes "$NUM_MACHINES" --node_rank "$MACHINE_RANK" --master_addr "$MASTER_ADDR" \
-            --master_port "$MASTER_PORT" "${train[@]}" $(zero 2) ;;
+            --master_port "$MASTER_PORT" "${train[@]}" --distributed zero2 ;;
     *) sed -n '2,27p' "$0" >&2; exit 2 ;;
 esac
