@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "ckpt_shard.h"
+#include "fsutil.h"
 #include "err.h"
 #include "log.h"
 #include "safetensors.h"
@@ -117,13 +118,7 @@ static int write_atomic_(char *err, const char *path, const void *buf, size_t n)
         qie_seterr(err, "write %s: %s", path, strerror(e));
         return e;
     }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd)) e = errno;
-        close(dfd);
-    }
-    if (e) qie_seterr(err, "fsync %s: %s", dir, strerror(e));
-    return e;
+    return fs_sync_dir(err, dir);
 }
 
 static char *read_text_(char *err, const char *path) {
@@ -146,28 +141,6 @@ static char *read_text_(char *err, const char *path) {
     fclose(f);
     if (!buf) qie_seterr(err, "read %s: I/O error, too large or out of memory", path);
     return buf;
-}
-
-static int mkdirs_(char *err, const char *path) {
-    char p[PATH_MAX];
-    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) {
-        qie_seterr(err, "%s: path too long", path);
-        return ENAMETOOLONG;
-    }
-    for (char *s = p + 1;; s++) {
-        if (*s == '/' || !*s) {
-            char c = *s;
-            *s = 0;
-            if (mkdir(p, 0777) && errno != EEXIST) {
-                int e = errno;
-                qie_seterr(err, "mkdir %s: %s", p, strerror(e));
-                return e;
-            }
-            *s = c;
-            if (!c) break;
-        }
-    }
-    return 0;
 }
 
 /* ---- layout.json -------------------------------------------------------------------------- */
@@ -793,7 +766,7 @@ int ckpt_merge(char *err, const char *ckpt_dir, const char *out_dir, const char 
     f32 = malloc((maxnumel ? maxnumel : 1) * sizeof *f32);
     if (!names || !f32) goto oom;
 
-    if ((rc = mkdirs_(err, out_dir))) goto done;
+    if ((rc = fs_mkdirs(err, out_dir))) goto done;
     snprintf(path, sizeof path, "%s/config.json", out_dir);
     if ((rc = write_atomic_(err, path, config, strlen(config)))) goto done;
 

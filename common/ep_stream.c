@@ -8,6 +8,7 @@
  * Files are written to PATH.tmp.<pid> and renamed to PATH after fsync only on a good END, so a
  * crash never leaves a file that looks complete. */
 #include "ep_internal.h"
+#include "fsutil.h"
 #include "err.h"
 
 #include <errno.h>
@@ -157,16 +158,11 @@ static int stream_write_(char *err, void *state, const void *buf, size_t len) {
     return frame_write_(err, state, FRAME_RECORD, buf, len);
 }
 
-static int fsync_dir_(char *err, const char *path) {
+/* the folder holding `path` */
+static int sync_parent_(char *err, const char *path) {
     char *copy = strdup(path);
     if (!copy) return QIE_ENOMEM;
-    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    int rc = 0;
-    if (dfd < 0 || fsync(dfd)) {
-        rc = errno;
-        qie_seterr(err, "fsync of the folder of %s: %s", path, strerror(rc));
-    }
-    if (dfd >= 0) close(dfd);
+    int rc = fs_sync_dir(err, dirname(copy));
     free(copy);
     return rc;
 }
@@ -200,7 +196,7 @@ static int stream_finish_(char *err, void *state, int ok, const char *reason, ui
         }
         free(s->tmp_path);
         s->tmp_path = NULL;
-        return fsync_dir_(err, s->path);
+        return sync_parent_(err, s->path);
     }
     return 0;
 }

@@ -11,6 +11,7 @@
  *     and diffusers ModelMixin.save_pretrained (index = json.dumps(indent=2, sort_keys=True)
  *     + "\n", ensure_ascii). */
 #include "safetensors.h"
+#include "fsutil.h"
 #include "err.h"
 
 #include <errno.h>
@@ -339,16 +340,7 @@ static int write_atomic_(char *err, const char *path, StwEmit emit, void *ctx) {
     fd = -1;
     if (rename(tmp, path)) { e = errno; qie_seterr(err, "rename %s -> %s: %s", tmp, path, strerror(e)); rc = e; goto fail; }
     /* the rename is durable only once the directory entry is */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) { e = errno; qie_seterr(err, "open %s: %s", dir, strerror(e)); return e; }
-    if (fsync(dfd)) {
-        e = errno;
-        qie_seterr(err, "fsync %s: %s", dir, strerror(e));
-        close(dfd);
-        return e;
-    }
-    if (close(dfd)) { e = errno; qie_seterr(err, "close %s: %s", dir, strerror(e)); return e; }
-    return 0;
+    return fs_sync_dir(err, dir);
 fail:
     if (fd >= 0) close(fd); /* already failing: the first error is the one to report */
     unlink(tmp);

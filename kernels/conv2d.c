@@ -2,21 +2,13 @@
  * Per output pixel the k×k×Cin patch is gathered into one contiguous row (zeros where it hangs
  * over the padding), in the same (ky, kx, ci) order as the weight rows, so each output channel
  * is one dot product: an im2col of one row, readable and vectorisable. */
+#include "dot.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "conv2d.h"
 
-static inline float dot_(const float *a, const float *b, int K) {
-    float s[8] = {0};
-    int k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
-    float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; k < K; k++) t += a[k] * b[k];
-    return t;
-}
 
 void conv2d_forward_cpu(float *out, const float *inp, const float *w, const float *bias, const float *residual,
                         const Conv2dShape *s) {
@@ -43,7 +35,7 @@ void conv2d_forward_cpu(float *out, const float *inp, const float *w, const floa
                 }
                 const size_t o = (((size_t)b * Ho + oy) * Wo + ox) * Cout;
                 for (int co = 0; co < Cout; co++) {
-                    float v = dot_(col, w + (size_t)co * K, K) + (bias ? bias[co] : 0.0f);
+                    float v = dot_f32(col, w + (size_t)co * K, K) + (bias ? bias[co] : 0.0f);
                     out[o + co] = residual ? v + residual[o + co] : v;
                 }
             }

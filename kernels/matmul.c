@@ -1,23 +1,15 @@
 /* matmul.c: the fp32 reference of op_matmul / op_matmul_backward and their dispatchers.
  * Loops are ordered so that the inner dimension is contiguous in both operands; eight partial
  * sums let gcc vectorise the dot products without -ffast-math. */
+#include "dot.h"
 #include "matmul.h"
 
-static inline float dot_(const float *a, const float *b, int K) {
-    float s[8] = {0};
-    int k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
-    float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; k < K; k++) t += a[k] * b[k];
-    return t;
-}
 
 void matmul_forward_cpu(float *out, const float *inp, const float *w, const float *bias, int M, int K, int N) {
     for (int m = 0; m < M; m++) {
         const float *a = inp + (size_t)m * K;
         float *o = out + (size_t)m * N;
-        for (int n = 0; n < N; n++) o[n] = dot_(a, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
+        for (int n = 0; n < N; n++) o[n] = dot_f32(a, w + (size_t)n * K, K) + (bias ? bias[n] : 0.0f);
     }
 }
 

@@ -1,4 +1,5 @@
 /* vae_ops.c: fp32 references and dispatchers of the VAE ops (vae_ops.h has the contract). */
+#include "dot.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,15 +34,6 @@ void op_rmsnorm_channels(OpCtx *c, void *out, const void *inp, const void *gamma
 }
 
 /* eight partial sums so that gcc vectorises without -ffast-math (as matmul.c) */
-static inline float dot_(const float *a, const float *b, int K) {
-    float s[8] = {0};
-    int k = 0;
-    for (; k + 8 <= K; k += 8)
-        for (int l = 0; l < 8; l++) s[l] += a[k + l] * b[k + l];
-    float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; k < K; k++) t += a[k] * b[k];
-    return t;
-}
 
 void vae_attention_forward_cpu(float *out, const float *qkv, int B, int N, int C) {
     const float scale = (float)(1.0 / sqrt((double)C));
@@ -57,7 +49,7 @@ void vae_attention_forward_cpu(float *out, const float *qkv, int B, int N, int C
             const float *q = base + (size_t)i * ld;
             float mx = -INFINITY;
             for (int j = 0; j < N; j++) {
-                p[j] = dot_(q, base + (size_t)j * ld + C, C) * scale;
+                p[j] = dot_f32(q, base + (size_t)j * ld + C, C) * scale;
                 mx = fmaxf(mx, p[j]);
             }
             float sum = 0.0f;

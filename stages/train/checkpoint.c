@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "err.h"
 #include "log.h"
 #include "safetensors.h"
@@ -36,25 +37,6 @@
 #define CKPT_FORMAT "qie-train-checkpoint/1"
 
 /* ---- file helpers -------------------------------------------------------------------------- */
-
-int train_mkdirs(char *err, const char *path) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + 1;; s++) {
-        if (*s == '/' || !*s) {
-            char c = *s;
-            *s = 0;
-            if (mkdir(p, 0777) && errno != EEXIST) {
-                int e = errno;
-                qie_seterr(err, "mkdir %s: %s", p, strerror(e));
-                return e;
-            }
-            *s = c;
-            if (!c) break;
-        }
-    }
-    return 0;
-}
 
 int train_rmtree(const char *path) {
     struct stat sb;
@@ -291,7 +273,7 @@ int ckpt_prune(char *err, const char *output_dir, int64_t limit) {
 
 static int write_weights_(char *err, const char *dir, const char *config_json, const DitLayout *lay,
                           const float *master, const char *max_shard_size) {
-    int rc = train_mkdirs(err, dir);
+    int rc = fs_mkdirs(err, dir);
     if (rc) return rc;
     char p[4096];
     snprintf(p, sizeof p, "%s/config.json", dir);
@@ -309,7 +291,7 @@ static int write_weights_(char *err, const char *dir, const char *config_json, c
 
 static int write_optimizer_(char *err, const char *dir, const DitLayout *lay, const float *master, const float *m,
                             const float *v, const char *max_shard_size) {
-    int rc = train_mkdirs(err, dir);
+    int rc = fs_mkdirs(err, dir);
     if (rc) return rc;
     StWriter *w = NULL;
     if ((rc = st_writer_create(err, &w))) return rc;
@@ -398,7 +380,7 @@ int ckpt_save(char *err, const char *output_dir, const char *config_json, const 
     snprintf(final, sizeof final, "%s/checkpoint-%" PRId64, output_dir, st->global_step);
     snprintf(tmp, sizeof tmp, "%s/.checkpoint-%" PRId64 ".tmp.%d", output_dir, st->global_step, (int)getpid());
     train_rmtree(tmp);
-    int rc = train_mkdirs(err, tmp);
+    int rc = fs_mkdirs(err, tmp);
     if (rc) return rc;
     snprintf(p, sizeof p, "%s/transformer", tmp);
     if ((rc = write_weights_(err, p, config_json, lay, master, max_shard_size))) goto fail;

@@ -38,6 +38,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "fsutil.h"
 #include "err.h"
 #include "log.h"
 #include "train.h"
@@ -512,7 +513,7 @@ int dst_save(char *err, Dist *d, const TrainConfig *c, const char *config_json, 
     if (d->rank == 0) {
         rc = ckpt_prune(err, c->output_dir, c->checkpoints_total_limit);
         train_rmtree(tmp);
-        if (!rc) rc = train_mkdirs(err, tmp);
+        if (!rc) rc = fs_mkdirs(err, tmp);
     }
     if ((rc = dst_agree(err, d, rc))) goto fail;
     /* DDP: every rank holds the same state, rank 0 writes it as one file (world 1) */

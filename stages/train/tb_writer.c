@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "err.h"
 #include "train.h"
 
@@ -82,7 +83,7 @@ static int record_(char *err, TbWriter *w, const Pb *ev) {
 }
 
 int tb_open(char *err, const char *dir, TbWriter **out) {
-    int rc = train_mkdirs(err, dir);
+    int rc = fs_mkdirs(err, dir);
     if (rc) return rc;
     TbWriter *w = calloc(1, sizeof *w);
     if (!w) return QIE_ENOMEM;

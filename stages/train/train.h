@@ -341,7 +341,6 @@ void tb_close(TbWriter **w);
 int train_run(char *err, const TrainConfig *cfg);
 
 /* helpers shared by the modules */
-int train_mkdirs(char *err, const char *path);   /* mkdir -p */
 int train_rmtree(const char *path);              /* rm -rf; 0 or errno */
 int train_fsync_path(const char *path);          /* open + fsync (files and folders) */
 int train_write_file(char *err, const char *path, const void *buf, size_t n); /* + fsync */

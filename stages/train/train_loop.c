@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "adamw.h"
+#include "fsutil.h"
 #include "err.h"
 #include "global_norm.h"
 #include "log.h"
@@ -937,7 +938,7 @@ int train_run(char *err, const TrainConfig *c) {
     t->st.train_batch_size = c->train_batch_size;
     t->st.gradient_accumulation_steps = c->gradient_accumulation_steps;
     t->st.world = c->world;
-    if ((rc = train_mkdirs(err, c->output_dir))) goto done;
+    if ((rc = fs_mkdirs(err, c->output_dir))) goto done;
     if (c->rank == 0) rc = ckpt_prune(err, c->output_dir, 0); /* stale temp folders only */
     if ((rc = dst_agree(err, &t->dist, rc))) goto done;
     if ((rc = resume_(err, t))) goto done;
@@ -987,7 +988,7 @@ int train_run(char *err, const TrainConfig *c) {
     /* logs */
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", c->output_dir, c->logging_dir);
-    if ((rc = train_mkdirs(err, p))) goto done;
+    if ((rc = fs_mkdirs(err, p))) goto done;
     if (c->report_tensorboard && c->rank == 0) {
         snprintf(p, sizeof p, "%s/%s/%s", c->output_dir, c->logging_dir, c->tracker_project_name);
         if ((rc = tb_open(err, p, &t->tb))) goto done;
