@@ -603,7 +603,7 @@ int ep_zmq_open(char *err, const char *url, EpMode mode, const EpOps **ops, void
         goto fail;
     }
     /* heartbeats notice a peer host that vanished without closing its TCP connection */
-    int ivl = 2000, hto = 10000;
+    int ivl = 5000, hto = 60000; /* generous: a stage stalled by a loaded host is not a dead one */
     if (zmq_setsockopt(z->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl) || zmq_setsockopt(z->sock, ZMQ_HEARTBEAT_TIMEOUT, &hto, sizeof hto)) {
         rc = zerr_(err, z, "zmq_setsockopt HEARTBEAT");
         goto fail;
