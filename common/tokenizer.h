@@ -12,7 +12,7 @@
  *      files), lowest rank first, leftmost on ties (tokenizers' Word::merge_all);
  *   4. no BOS/EOS.
  * What it is not: a decoder, a chat-template engine, or a general HF tokenizer (other
- * normalisers, pre-tokenisers, dropout or byte fallback are not implemented).
+ * normalisers, pre-tokenisers, dropout or byte fallback are not supported).
  *
  * Files read from the tokenizer folder: vocab.json + merges.txt when both exist, else the
  * "model" of tokenizer.json; added tokens from tokenizer.json "added_tokens", else

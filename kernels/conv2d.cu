@@ -14,60 +14,10 @@
 
 #include "check_cuda.h"
 #include "conv2d.h"
+#include "matmul.h"
 #include "conv2d_igemm.cuh"
 
 typedef __nv_bfloat16 bf16;
-
-// Row-major D[M,N] is column-major Dᶜ (N×M): D = op(A)·op(B) is issued as
-// Dᶜ = op'(Bᶜ)·op'(Aᶜ) with m' = N, n' = M (matmul.cu does the same for its one case).
-extern "C" void conv2d_gemm_(OpCtx *c, int M, int N, int K, float alpha, const void *A, int lda, int ta,
-                             const void *B, int ldb, int tb, const void *C, int ldc, float beta, void *D, int ldd,
-                             int d_f32, const void *bias) {
-    cublasLtHandle_t h = (cublasLtHandle_t)c->cublaslt;
-    cublasLtMatmulDesc_t op;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    if (bias) {
-        cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    }
-    const cudaDataType_t dt = d_f32 ? CUDA_R_32F : CUDA_R_16BF;
-    cublasLtMatrixLayout_t la, lb, lc, ld;
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, dt, N, M, ldd));
-    if (d_f32) { /* an f32 D accumulates into itself (beta as given) */
-        C = D;
-        ldc = ldd;
-    } else if (!C) {
-        C = D;
-        ldc = ldd;
-        beta = 0.0f;
-    }
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, dt, N, M, ldc));
-    cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    size_t ws = c->workspace_bytes;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    cublasLtMatmulHeuristicResult_t heur;
-    int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, ld, pref, 1, &heur, &found));
-    if (!found) {
-        fprintf(stderr, "[cuBLASLt] conv2d_gemm_: no algorithm for M=%d N=%d K=%d ta=%d tb=%d\n", M, N, K, ta, tb);
-        exit(EXIT_FAILURE);
-    }
-    CUBLAS_CHECK(cublasLtMatmul(h, op, &alpha, B, la, A, lb, &beta, C, lc, D, ld, &heur.algo, c->workspace, ws,
-                                (cudaStream_t)c->stream));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lc));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));
-    CUBLAS_CHECK(cublasLtMatmulDescDestroy(op));
-}
 
 struct Im2col {
     int H, W, Cin, Ho, Wo, k, stride, pad_t, pad_l;
@@ -256,7 +206,7 @@ extern "C" void conv2d_forward(OpCtx *c, void *out, const void *inp, const void 
         return;
     }
     if (is_1x1) {
-        conv2d_gemm_(c, (int)Mtot, s->Cout, s->Cin, 1.0f, inp, s->Cin, 0, w, s->Cin, 1, residual, s->Cout, beta, out,
+        matmul_gemm(c, (int)Mtot, s->Cout, s->Cin, 1.0f, inp, s->Cin, 0, w, s->Cin, 1, residual, s->Cout, beta, out,
                      s->Cout, 0, bias);
         return;
     }
@@ -281,7 +231,7 @@ extern "C" void conv2d_forward(OpCtx *c, void *out, const void *inp, const void 
         }
         CUDA_CHECK(cudaGetLastError());
         const bf16 *res = residual ? (const bf16 *)residual + m0 * s->Cout : NULL;
-        conv2d_gemm_(c, (int)rows, s->Cout, K, 1.0f, ws, K, 0, w, K, 1, res, s->Cout, beta,
+        matmul_gemm(c, (int)rows, s->Cout, K, 1.0f, ws, K, 0, w, K, 1, res, s->Cout, beta,
                      (bf16 *)out + m0 * s->Cout, s->Cout, 0, bias);
     }
 }

@@ -46,12 +46,6 @@ void op_conv2d(OpCtx *c, void *out, const void *inp, const void *w, const void *
 #ifdef QIE_CUDA
 void conv2d_forward(OpCtx *c, void *out, const void *inp, const void *w, const void *bias, const void *residual,
                     const Conv2dShape *s, void *ws, size_t ws_bytes);
-/* General bf16 GEMM with fp32 accumulation, row-major view (shared with vae_ops.cu):
- *   D[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C[M,N] (+ bias[N])
- * where op(A) = A [M,K] (lda) or, with ta, Aᵀ of A [K,M]; op(B) = B [K,N] (ldb) or, with tb,
- * Bᵀ of B [N,K]. C may be NULL (beta ignored) or alias D. d_f32 selects an f32 D (C ignored). */
-void conv2d_gemm_(OpCtx *c, int M, int N, int K, float alpha, const void *A, int lda, int ta, const void *B, int ldb,
-                  int tb, const void *C, int ldc, float beta, void *D, int ldd, int d_f32, const void *bias);
 /* Tests and benchmarks: force the k×k path process-wide. v = -2: automatic (the default);
  * -1: im2col + cuBLASLt; 0 .. conv2d_variant_count()-1: that implicit-GEMM tile configuration
  * (also for 1×1 convs, which otherwise stay on cuBLASLt). Returns 0, or -1 for a bad v. */

@@ -1,19 +1,20 @@
-// matmul.cu: cuBLASLt GEMMs for op_matmul / op_matmul_backward. Row-major [rows, cols] buffers
-// are column-major [cols, rows] to cuBLAS, so each row-major product is issued transposed:
-//   out[M,N] = inp[M,K]·wᵀ  ->  outᶜ(N×M) = wᶜ(K×N)ᵀ · inpᶜ(K×M)
+// matmul.cu: cuBLASLt GEMMs: matmul_gemm (a general row-major bf16 GEMM with fp32 accumulation,
+// also used by the convolutions and the VAE attention) and op_matmul / op_matmul_backward on it.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 
 #include "check_cuda.h"
 #include "matmul.h"
 
-// D = alpha·op(A)·op(B) + beta·C (C == D), column-major; optional bias epilogue over the m rows.
-static void lt_gemm_(OpCtx *c, bool ta, bool tb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
-                     void *D, int ldd, cudaDataType_t dtype_d, float beta, const void *bias) {
+// Row-major D[M,N] is column-major Dᶜ (N×M) to cuBLAS: D = op(A)·op(B) is issued as
+// Dᶜ = op'(Bᶜ)·op'(Aᶜ) with m' = N, n' = M.
+extern "C" void matmul_gemm(OpCtx *c, int M, int N, int K, float alpha, const void *A, int lda, int ta,
+                             const void *B, int ldb, int tb, const void *C, int ldc, float beta, void *D, int ldd,
+                             int d_f32, const void *bias) {
     cublasLtHandle_t h = (cublasLtHandle_t)c->cublaslt;
     cublasLtMatmulDesc_t op;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     if (bias) {
@@ -21,27 +22,37 @@ static void lt_gemm_(OpCtx *c, bool ta, bool tb, int m, int n, int k, const void
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
-    cublasLtMatrixLayout_t la, lb, ld;
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta ? k : m, ta ? m : k, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, tb ? n : k, tb ? k : n, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, dtype_d, m, n, ldd));
+    const cudaDataType_t dt = d_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasLtMatrixLayout_t la, lb, lc, ld;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, dt, N, M, ldd));
+    if (d_f32) { /* an f32 D accumulates into itself (beta as given) */
+        C = D;
+        ldc = ldd;
+    } else if (!C) {
+        C = D;
+        ldc = ldd;
+        beta = 0.0f;
+    }
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, dt, N, M, ldc));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = c->workspace_bytes;
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     cublasLtMatmulHeuristicResult_t heur;
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, ld, ld, pref, 1, &heur, &found));
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, ld, pref, 1, &heur, &found));
     if (!found) {
-        fprintf(stderr, "[cuBLASLt] no algorithm for m=%d n=%d k=%d ta=%d tb=%d bias=%d\n", m, n, k, ta, tb, bias != NULL);
+        fprintf(stderr, "[cuBLASLt] matmul_gemm: no algorithm for M=%d N=%d K=%d ta=%d tb=%d\n", M, N, K, ta, tb);
         exit(EXIT_FAILURE);
     }
-    float alpha = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(h, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, &heur.algo, c->workspace, ws,
+    CUBLAS_CHECK(cublasLtMatmul(h, op, &alpha, B, la, A, lb, &beta, C, lc, D, ld, &heur.algo, c->workspace, ws,
                                 (cudaStream_t)c->stream));
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lc));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));
     CUBLAS_CHECK(cublasLtMatmulDescDestroy(op));
 }
@@ -58,13 +69,13 @@ __global__ void bias_grad_kernel1(float *d_bias, const __nv_bfloat16 *d_out, int
 
 extern "C" void matmul_forward(OpCtx *c, void *out, const void *inp, const void *w, const void *bias, int M, int K,
                                int N) {
-    lt_gemm_(c, true, false, N, M, K, w, K, inp, K, out, N, CUDA_R_16BF, 0.0f, bias);
+    matmul_gemm(c, M, N, K, 1.0f, inp, K, 0, w, K, 1, NULL, N, 0.0f, out, N, 0, bias);
 }
 
 extern "C" void matmul_backward(OpCtx *c, void *d_inp, float *d_w, float *d_bias, const void *d_out, const void *inp,
                                 const void *w, int M, int K, int N) {
-    if (d_inp) lt_gemm_(c, false, false, K, M, N, w, K, d_out, N, d_inp, K, CUDA_R_16BF, 0.0f, NULL);
-    if (d_w) lt_gemm_(c, false, true, K, N, M, inp, K, d_out, N, d_w, K, CUDA_R_32F, 1.0f, NULL);
+    if (d_inp) matmul_gemm(c, M, K, N, 1.0f, d_out, N, 0, w, K, 0, NULL, K, 0.0f, d_inp, K, 0, NULL);
+    if (d_w) matmul_gemm(c, N, K, M, 1.0f, d_out, N, 1, inp, K, 0, NULL, K, 1.0f, d_w, K, 1, NULL);
     if (d_bias) {
         bias_grad_kernel1<<<(N + 255) / 256, 256, 0, (cudaStream_t)c->stream>>>(d_bias, (const __nv_bfloat16 *)d_out, M, N);
         CUDA_CHECK(cudaGetLastError());

@@ -5,6 +5,7 @@
 
 #include "check_cuda.h"
 #include "conv2d.h"
+#include "matmul.h"
 #include "vae_ops.h"
 
 typedef __nv_bfloat16 bf16;
@@ -176,12 +177,12 @@ extern "C" void vae_attention_forward(OpCtx *c, void *out, const void *qkv, int 
         for (int q0 = 0; q0 < N; q0 += (int)chunk) {
             const int rows = N - q0 < chunk ? N - q0 : (int)chunk;
             // S[rows, N] = Q[rows, C] · K[N, C]ᵀ · alpha
-            conv2d_gemm_(c, rows, N, C, alpha, img + (int64_t)q0 * 3 * C, 3 * C, 0, img + C, 3 * C, 1, NULL, ld, 0.0f,
+            matmul_gemm(c, rows, N, C, alpha, img + (int64_t)q0 * 3 * C, 3 * C, 0, img + C, 3 * C, 1, NULL, ld, 0.0f,
                          S, ld, 1, NULL);
             softmax_rows_kernel1<<<rows, 256, 0, (cudaStream_t)c->stream>>>(P, S, N, ld);
             CUDA_CHECK(cudaGetLastError());
             // O[rows, C] = P[rows, N] · V[N, C]
-            conv2d_gemm_(c, rows, C, N, 1.0f, P, ld, 0, img + 2 * C, 3 * C, 0, NULL, C, 0.0f,
+            matmul_gemm(c, rows, C, N, 1.0f, P, ld, 0, img + 2 * C, 3 * C, 0, NULL, C, 0.0f,
                          (bf16 *)out + ((int64_t)b * N + q0) * C, C, 0, NULL);
         }
     }

@@ -156,7 +156,7 @@ int dst_resolve(char *err, const DistFlags *f, TrainConfig *c) {
         else if (!strcmp(v, "SHARD_GRAD_OP") || !strcmp(v, "2")) s = TS_ZERO2, how = "fsdp SHARD_GRAD_OP = zero2";
         else if (!strcmp(v, "NO_SHARD") || !strcmp(v, "3")) s = TS_DDP, how = "fsdp NO_SHARD = ddp";
         else if (!strcmp(v, "HYBRID_SHARD") || !strcmp(v, "4") || !strcmp(v, "HYBRID_SHARD_ZERO2") || !strcmp(v, "5")) {
-            qie_seterr(err, "--fsdp_sharding_strategy %s: hybrid sharding is not implemented\nhint: FULL_SHARD or "
+            qie_seterr(err, "--fsdp_sharding_strategy %s: hybrid sharding is not supported by qie\nhint: FULL_SHARD or "
                        "SHARD_GRAD_OP (one group over every GPU)", v);
             return QIE_EUNSUPPORTED;
         } else {

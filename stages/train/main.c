@@ -86,9 +86,9 @@ int main(int argc, char **argv) {
         {"report_to", CLI_STR, &report_to, "tensorboard", "tensorboard or none", 0, 0},
         {"tracker_project_name", CLI_STR, &c.tracker_project_name, "text2image-fine-tune", "TensorBoard run folder", 0, 0},
         {"report_model_info", CLI_BOOL, &c.report_model_info, "false", "also log gradients/norm_sum and gradients/actual_max_grad_norm", 0, 0},
-        {"use_came", CLI_BOOL, &use_came, "false", "CAME optimizer: not implemented (refused)", 0, 0},
-        {"use_8bit_adam", CLI_BOOL, &use_8bit_adam, "false", "8-bit AdamW: not implemented (refused)", 0, 0},
-        {"use_ema", CLI_BOOL, &use_ema, "false", "EMA of the transformer: not implemented (refused)", 0, 0},
+        {"use_came", CLI_BOOL, &use_came, "false", "CAME optimizer: not supported by qie (refused)", 0, 0},
+        {"use_8bit_adam", CLI_BOOL, &use_8bit_adam, "false", "8-bit AdamW: not supported by qie (refused)", 0, 0},
+        {"use_ema", CLI_BOOL, &use_ema, "false", "EMA of the transformer: not supported by qie yet (refused)", 0, 0},
         /* the reference's flags that belong to other stages or do nothing: accepted, reported */
         {"validation_prompts", CLI_STRS, &val_prompts, NULL, "ignored: validation is not part of qie-train", 0, 0},
         {"validation_image_paths", CLI_STRS, &val_images, NULL, "ignored: validation is not part of qie-train", 0, 0},
