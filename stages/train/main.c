@@ -169,7 +169,7 @@ int main(int argc, char **argv) {
     if (!c.model) bad = "--pretrained_model_name_or_path is required";
     else if (!c.in_url) bad = "--in is required (lmdb://CACHE or a record stream)\nhint: build the cache with qie-cache";
     else if (use_came || use_8bit_adam || use_ema)
-        bad = "--use_came, --use_8bit_adam and --use_ema are not implemented (qie trains with AdamW, fp32 states)";
+        bad = "--use_came, --use_8bit_adam and --use_ema are not supported (qie trains with AdamW, fp32 states)";
     if (bad) {
         log_error("%s", bad);
         return 2;
