@@ -106,7 +106,8 @@ $(LIBQIE): $(COMMON_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 define STAGE_RULES
-$(call stage_lib,$(1)): $(call stage_objs,$(1))
+# a stage with nothing but main.c still gets an archive (of err.o) so every link line is alike
+$(call stage_lib,$(1)): $(call stage_objs,$(1)) | $(BUILD)/common/err.o
 	@mkdir -p $$(dir $$@)
 	rm -f $$@ && ar rcs $$@ $$^ $$(if $$^,,$(BUILD)/common/err.o)
 $(BUILD)/bin/qie-$(1): $(BUILD)/stages/$(1)/main.o $(call stage_lib,$(1)) $(LIBQIE)
