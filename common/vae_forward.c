@@ -26,6 +26,11 @@ void vae_free_buffers_(VaeModel *m) {
     m->ws = NULL;
     m->d_mean = m->d_logvar = NULL;
     m->act_cap = m->ws_bytes = m->out_cap = 0;
+#ifdef QIE_CUDA
+    vae_pinned_free(m->pin);
+#endif
+    m->pin = NULL;
+    m->pin_bytes = 0;
 }
 
 static void swap_(void **a, void **b) {
@@ -137,7 +142,12 @@ int vae_encode(char *err, VaeModel *m, const float *pixels, int B, int H, int W,
     const int cin = c->input_channels, d0 = c->base_dim;
 
     /* input: host f32 NCHW -> act NHWC with channels padded to VAE_CIN_PAD */
-    op_upload_act(ctx, *t1, pixels, (size_t)B * cin * H * W);
+#ifdef QIE_CUDA
+    if (ctx->dev == QIE_DEV_CUDA) /* bf16 from the host through pinned memory: half the bytes */
+        vae_upload_pixels_forward(ctx, *t1, pixels, (size_t)B * cin * H * W, &m->pin, &m->pin_bytes);
+    else
+#endif
+        op_upload_act(ctx, *t1, pixels, (size_t)B * cin * H * W);
     op_nchw_to_nhwc(ctx, *t2, *t1, B, cin, H * W, VAE_CIN_PAD);
     conv_(m, *x, *t2, m->conv_in_w, m->conv_in_b, NULL, B, H, W, VAE_CIN_PAD, d0, 3, 1, 1, 1);
     tap_(m, "conv_in", *x, B, H, W, d0);
@@ -180,9 +190,17 @@ int vae_encode(char *err, VaeModel *m, const float *pixels, int B, int H, int W,
     tap_(m, "quant_conv", *t1, B, h, w, z2);
 
     op_vae_posterior(ctx, m->d_mean, m->d_logvar, *t1, B, N, c->z_dim);
-    op_download_f32(ctx, mean, m->d_mean, (size_t)B * c->z_dim * N);
-    op_download_f32(ctx, logvar, m->d_logvar, (size_t)B * c->z_dim * N);
-    op_sync(ctx);
+#ifdef QIE_CUDA
+    if (ctx->dev == QIE_DEV_CUDA) {
+        vae_download_pair_forward(ctx, mean, m->d_mean, logvar, m->d_logvar, (size_t)B * c->z_dim * N, &m->pin,
+                                  &m->pin_bytes);
+    } else
+#endif
+    {
+        op_download_f32(ctx, mean, m->d_mean, (size_t)B * c->z_dim * N);
+        op_download_f32(ctx, logvar, m->d_logvar, (size_t)B * c->z_dim * N);
+        op_sync(ctx);
+    }
     (void)L;
     return 0;
 }

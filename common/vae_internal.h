@@ -71,6 +71,8 @@ struct VaeModel {
     size_t ws_bytes;
     float *d_mean, *d_logvar;
     size_t out_cap;
+    void *pin;                   /* CUDA: pinned host staging for the pixel upload / latent download */
+    size_t pin_bytes;
     VaeTapFn tap;
     void *tap_user;
 };

@@ -26,9 +26,11 @@ void op_rmsnorm_channels(OpCtx *c, void *out, const void *inp, const void *gamma
 /* QwenImageAttentionBlock's core (single head, no mask, scale 1/sqrt(C)), per image b:
  *   qkv act [B, N, 3C]: q = columns [0,C), k = [C,2C), v = [2C,3C) of each row (token = pixel)
  *   out act [B, N, C] = softmax(q·kᵀ/sqrt(C)) · v
- * CUDA: scores for a chunk of query rows in fp32 (cuBLASLt), softmax in fp32 rounded to bf16
- * (as flash attention's P), P·V with fp32 accumulation; ws holds one chunk:
- * op_vae_attention_workspace(N) bytes at least (one query row), more makes chunks larger. */
+ * CUDA: scores for a sub-chunk of query rows in fp32 (cuBLASLt; sized to about a third of L2 so the
+ * softmax reads them from L2), softmax in fp32 rounded to bf16 (as flash attention's P) into a
+ * block of P rows, then P·V for the block with fp32 accumulation; ws holds one sub-chunk of fp32
+ * scores and one block of P: op_vae_attention_workspace(N) bytes at least (one query row), more
+ * makes blocks larger. */
 void vae_attention_forward_cpu(float *out, const float *qkv, int B, int N, int C);
 size_t op_vae_attention_workspace(const OpCtx *c, int N);
 void op_vae_attention(OpCtx *c, void *out, const void *qkv, int B, int N, int C, void *ws, size_t ws_bytes);
@@ -49,6 +51,16 @@ void rmsnorm_channels_forward(OpCtx *c, void *out, const void *inp, const void *
 void vae_attention_forward(OpCtx *c, void *out, const void *qkv, int B, int N, int C, void *ws, size_t ws_bytes);
 void nchw_to_nhwc_forward(OpCtx *c, void *out, const void *inp, int B, int C, int HW, int Cpad);
 void vae_posterior_forward(OpCtx *c, float *mean, float *logvar, const void *inp, int B, int HW, int z);
+/* The encoder's transfers through one pinned host staging buffer *pin of *pin_bytes (grown when
+ * needed; release with vae_pinned_free):
+ *   vae_upload_pixels_forward: host f32 [n] -> device bf16 [n], converted on the host (round to
+ *     nearest even as op_upload_act's device conversion, NaN -> 0x7fff as __float2bfloat16_rn) in
+ *     chunks whose copies overlap the conversion of the next; asynchronous on c's stream.
+ *   vae_download_pair_forward: device f32 d0, d1 [n] -> host h0, h1; returns synchronised. */
+void vae_upload_pixels_forward(OpCtx *c, void *d_dst, const float *h_src, size_t n, void **pin, size_t *pin_bytes);
+void vae_download_pair_forward(OpCtx *c, float *h0, const float *d0, float *h1, const float *d1, size_t n, void **pin,
+                               size_t *pin_bytes);
+void vae_pinned_free(void *pin);
 #endif
 
 #ifdef __cplusplus
