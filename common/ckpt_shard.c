@@ -17,6 +17,9 @@
 #include "log.h"
 #include "safetensors.h"
 
+/* layout.json of a 20 B-parameter model is a few hundred KB; anything near this is not ours */
+#define CKPT_MAX_JSON ((size_t)1 << 30)
+
 #define OUT_PREFIX "diffusion_pytorch_model"
 
 /* ---- arithmetic and the hash ------------------------------------------------------------- */
@@ -121,28 +124,6 @@ static int write_atomic_(char *err, const char *path, const void *buf, size_t n)
     return fs_sync_dir(err, dir);
 }
 
-static char *read_text_(char *err, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        qie_seterr(err, "open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n >= 0 && n < (1L << 30) && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
-        if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[n] = 0;
-        }
-    }
-    fclose(f);
-    if (!buf) qie_seterr(err, "read %s: I/O error, too large or out of memory", path);
-    return buf;
-}
-
 /* ---- layout.json -------------------------------------------------------------------------- */
 
 int ckpt_layout_write(char *err, const char *dir, const DitLayout *lay, const char *config_json,
@@ -217,8 +198,8 @@ int ckpt_layout_read(char *err, const char *dir, CkptLayout *l) {
     memset(l, 0, sizeof *l);
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/layout.json", dir);
-    char *txt = read_text_(err, path);
-    if (!txt) return QIE_ENOTFOUND;
+    char *txt = NULL;
+    if (fs_read_file(err, path, CKPT_MAX_JSON, &txt, NULL)) return QIE_ENOTFOUND;
     cJSON *root = cJSON_Parse(txt);
     free(txt);
     int rc = QIE_EFORMAT;
@@ -710,7 +691,7 @@ int ckpt_merge(char *err, const char *ckpt_dir, const char *out_dir, const char 
         goto done;
     }
     snprintf(path, sizeof path, "%s/config.json", ckpt_dir);
-    if (!(config = read_text_(err, path))) {
+    if (fs_read_file(err, path, CKPT_MAX_JSON, &config, NULL)) {
         qie_preferr(err, "the transformer's config.json (from_pretrained needs it)");
         rc = QIE_ENOTFOUND;
         goto done;

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "dit.h"
+#include "fsutil.h"
 #include "err.h"
 
 /* ---- config ----------------------------------------------------------------------------- */
@@ -16,36 +17,6 @@
 static int is_file_(const char *p) {
     struct stat s;
     return stat(p, &s) == 0 && S_ISREG(s.st_mode);
-}
-
-static int read_file_(char *err, const char *path, char **out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        qie_seterr(err, "open %s: %s", path, strerror(e));
-        return e;
-    }
-    if (fseek(f, 0, SEEK_END) != 0) goto io;
-    long n = ftell(f);
-    if (n < 0 || n > (1 << 24) || fseek(f, 0, SEEK_SET) != 0) goto io;
-    char *buf = malloc((size_t)n + 1);
-    if (!buf) {
-        fclose(f);
-        qie_seterr(err, "read %s: out of memory", path);
-        return QIE_ENOMEM;
-    }
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        goto io;
-    }
-    buf[n] = 0;
-    fclose(f);
-    *out = buf;
-    return 0;
-io:
-    fclose(f);
-    qie_seterr(err, "read %s: I/O error or file too large", path);
-    return QIE_EIO;
 }
 
 static int json_int_(char *err, const cJSON *root, const char *key, int *dst, int required) {
@@ -121,7 +92,7 @@ int dit_config_load(char *err, const char *path, DitConfig *cfg) {
         snprintf(p, sizeof p, "%s", path);
     }
     char *txt = NULL;
-    int rc = read_file_(err, p, &txt);
+    int rc = fs_read_file(err, p, (size_t)1 << 24, &txt, NULL);
     if (rc) return rc;
     cJSON *root = cJSON_Parse(txt);
     free(txt);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fsutil.h"
 #include "err.h"
 #include "qwenvl.h"
 
@@ -31,30 +32,19 @@ void qwenvl_paths_(const char *dir, char *te, size_t cap, char *tok, char *proc)
 }
 
 static cJSON *load_json_(char *err, const char *path, int *rc) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *rc = errno == ENOENT ? QIE_ENOTFOUND : errno;
-        qie_seterr(err, "open %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t n = 0;
+    if ((*rc = fs_read_file(err, path, (size_t)16 << 20, &buf, &n))) {
+        if (*rc == ENOENT) *rc = QIE_ENOTFOUND;
         return NULL;
     }
-    char *buf = NULL;
-    long n = -1;
-    if (!fseek(f, 0, SEEK_END)) n = ftell(f);
-    if (n >= 0 && !fseek(f, 0, SEEK_SET) && (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-        fclose(f);
-        cJSON *j = cJSON_ParseWithLength(buf, (size_t)n);
-        free(buf);
-        if (!j) {
-            *rc = QIE_EFORMAT;
-            qie_seterr(err, "%s: malformed JSON", path);
-        }
-        return j;
-    }
-    fclose(f);
+    cJSON *j = cJSON_ParseWithLength(buf, n);
     free(buf);
-    *rc = QIE_EIO;
-    qie_seterr(err, "read %s failed", path);
-    return NULL;
+    if (!j) {
+        *rc = QIE_EFORMAT;
+        qie_seterr(err, "%s: malformed JSON", path);
+    }
+    return j;
 }
 
 /* key lookup in the first object that has it */

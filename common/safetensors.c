@@ -2,6 +2,7 @@
  * The writer is in safetensors_write.c. Rules: spec/data_pipeline.md section 8; each check
  * below names the reference function it mirrors (safetensors/src/tensor.rs). */
 #include "safetensors.h"
+#include "fsutil.h"
 #include "err.h"
 
 #include <cjson/cJSON.h>
@@ -915,57 +916,6 @@ static int path_join_(char *err, char *out, const char *dir, const char *name) {
     return 0;
 }
 
-/* Reads a whole (small) file into a NUL-terminated malloc'd buffer. */
-static int read_small_file_(char *err, const char *path, char **out, size_t *len) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        qie_seterr(err, "open %s: %s", path, strerror(e));
-        return e;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb)) {
-        int e = errno;
-        qie_seterr(err, "fstat %s: %s", path, strerror(e));
-        close(fd);
-        return e;
-    }
-    if (!S_ISREG(sb.st_mode) || (uint64_t)sb.st_size > ST_MAX_INDEX_BYTES) {
-        qie_seterr(err, "%s: not a regular file of at most %u bytes", path, ST_MAX_INDEX_BYTES);
-        close(fd);
-        return QIE_EFORMAT;
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        close(fd);
-        qie_seterr(err, "%s: out of memory", path);
-        return QIE_ENOMEM;
-    }
-    while (got < n) {
-        ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            int e = r < 0 ? errno : QIE_EIO;
-            qie_seterr(err, "read %s: %s", path, r < 0 ? strerror(e) : "file shrank while reading");
-            free(buf);
-            close(fd);
-            return e;
-        }
-        got += (size_t)r;
-    }
-    buf[n] = 0;
-    if (close(fd)) {
-        int e = errno;
-        qie_seterr(err, "close %s: %s", path, strerror(e));
-        free(buf);
-        return e;
-    }
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 /* Resolves a directory to the file st_model_open should read (see the header for the order). */
 static int resolve_dir_(char *err, const char *dir, char *out) {
     static const char *const known[] = {
@@ -1057,7 +1007,7 @@ static int model_open_index_(char *err, StModel *m, const char *path) {
     else if (slash == path) snprintf(dir, sizeof dir, "/");
     else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
 
-    if ((rc = read_small_file_(err, path, &text, &len))) return rc;
+    if ((rc = fs_read_file(err, path, ST_MAX_INDEX_BYTES, &text, &len))) return rc;
     const char *end = NULL;
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {

@@ -7,8 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "err.h"
 #include "unicode_tables.h"
+
+/* tokenizer.json of real vocabularies is ~10 MB */
+#define TOK_MAX_FILE ((size_t)256 << 20)
 
 /* ---- small open-addressing hash maps ------------------------------------------------------ */
 
@@ -587,33 +591,6 @@ int tok_encode(char *err, const Tokenizer *t, const char *text, size_t len, int3
 
 /* ---- loading ---------------------------------------------------------------------------- */
 
-static int read_file_(char *err, const char *path, char **buf, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        qie_seterr(err, "open %s: %s", path, strerror(e));
-        return e;
-    }
-    int rc = 0;
-    char *b = NULL;
-    if (fseek(f, 0, SEEK_END) || ftell(f) < 0) { rc = errno ? errno : QIE_EIO; goto fail; }
-    long sz = ftell(f);
-    rewind(f);
-    b = malloc((size_t)sz + 1);
-    if (!b) { rc = QIE_ENOMEM; goto fail; }
-    if (fread(b, 1, (size_t)sz, f) != (size_t)sz) { rc = QIE_EIO; goto fail; }
-    b[sz] = 0;
-    fclose(f);
-    *buf = b;
-    *len = (size_t)sz;
-    return 0;
-fail:
-    qie_seterr(err, "read %s: %s", path, qie_strerror(rc));
-    free(b);
-    fclose(f);
-    return rc;
-}
-
 static int file_exists_(const char *path) {
     FILE *f = fopen(path, "rb");
     if (f) fclose(f);
@@ -623,7 +600,7 @@ static int file_exists_(const char *path) {
 static int load_json_(char *err, const char *path, cJSON **out) {
     char *buf;
     size_t len;
-    int rc = read_file_(err, path, &buf, &len);
+    int rc = fs_read_file(err, path, TOK_MAX_FILE, &buf, &len);
     if (rc) return rc;
     *out = cJSON_ParseWithLength(buf, len);
     free(buf);
@@ -820,7 +797,7 @@ int tok_create(char *err, const char *dir, Tokenizer **out) {
             goto fail;
         }
         if ((rc = vocab_from_json_(err, t, j, p_vocab))) goto fail;
-        if ((rc = read_file_(err, p_merges, &mbuf, &mlen))) goto fail;
+        if ((rc = fs_read_file(err, p_merges, TOK_MAX_FILE, &mbuf, &mlen))) goto fail;
         if ((rc = merges_from_txt_(err, t, mbuf, p_merges))) goto fail;
     } else if (tj) {
         const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");

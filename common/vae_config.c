@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "err.h"
 #include "vae.h"
 
@@ -32,39 +33,6 @@ void vae_config_default(VaeConfig *cfg) {
 
 int vae_config_factor(const VaeConfig *cfg) { return 1 << (cfg->ndim_mult - 1); }
 
-static int read_file_(char *err, const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        qie_seterr(err, "open %s: %s", path, strerror(e));
-        return e;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4096 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap + 1);
-            if (!nb) { free(buf); fclose(f); qie_seterr(err, "%s: out of memory", path); return QIE_ENOMEM; }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad || n > (1u << 20)) {
-        free(buf);
-        qie_seterr(err, "read %s: %s", path, bad ? "I/O error" : "larger than 1 MiB, not a config.json");
-        return bad ? QIE_EIO : QIE_EFORMAT;
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 /* an integer-valued number in [lo, hi] */
 static int get_int_(const cJSON *j, int lo, int hi, int *out) {
     if (!cJSON_IsNumber(j)) return -1;
@@ -77,7 +45,7 @@ static int get_int_(const cJSON *j, int lo, int hi, int *out) {
 int vae_config_load(char *err, const char *path, VaeConfig *cfg) {
     char *text = NULL;
     size_t len = 0;
-    int rc = read_file_(err, path, &text, &len);
+    int rc = fs_read_file(err, path, (size_t)1 << 20, &text, &len); /* a config.json, not a weights file */
     if (rc) return rc;
     vae_config_default(cfg);
     const char *bad = NULL;

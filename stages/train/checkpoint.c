@@ -115,27 +115,8 @@ int train_write_file(char *err, const char *path, const void *buf, size_t n) {
 }
 
 char *train_read_file(char *err, const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        qie_seterr(err, "open %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc(sz > 0 ? (size_t)sz + 1 : 1);
-    if (b && sz > 0 && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (!b) {
-        qie_seterr(err, "read %s failed", path);
-        return NULL;
-    }
-    b[sz > 0 ? sz : 0] = 0;
-    if (n) *n = sz > 0 ? (size_t)sz : 0;
-    return b;
+    char *b = NULL;
+    return fs_read_file(err, path, (size_t)1 << 30, &b, n) ? NULL : b;
 }
 
 /* ---- naming, latest, pruning --------------------------------------------------------------- */
