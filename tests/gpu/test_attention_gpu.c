@@ -20,6 +20,7 @@
 #include "err.h"
 #include "ops.h"
 #include "rng.h"
+#include "gpulib.h"
 #include "testlib.h"
 
 #define TOL 1e-2
@@ -56,29 +57,6 @@ static void report_(const char *what, const float *a, const float *ref, size_t n
     double mr, e = l2_err_(a, ref, n, &mr);
     printf("    %-6s rel L2 %.2e  max %.2e  %s\n", what, e, mr, e <= tol ? "OK" : "NOT OK");
     CHECK(e <= tol, "%s: %.3g", what, e);
-}
-
-/* random act tensor: device copy and the host copy rounded to bf16 */
-static float *rnd_(size_t n, uint64_t sub, float scale, void **d) {
-    float *h = malloc(n * sizeof(float));
-    rng_normal_cpu(h, n, 29, sub, 0);
-    for (size_t i = 0; i < n; i++) h[i] *= scale;
-    *d = op_alloc(&gpu, n * 2);
-    op_upload_act(&gpu, *d, h, n);
-    op_download_act(&gpu, h, *d, n);
-    return h;
-}
-
-static float *down_(const void *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    op_download_act(&gpu, h, d, n);
-    return h;
-}
-
-static float *down32_(const float *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    op_download_f32(&gpu, h, d, n);
-    return h;
 }
 
 static void poison_act_(void *d, size_t n) {
@@ -133,7 +111,7 @@ static float *make_mask_(int kind, int B, int S) {
 static void full_case_(int B, int S, int H, int d, int mask_kind) {
     const size_t n = (size_t)B * S * H * d, nl = (size_t)B * H * S;
     void *dq, *dk, *dv, *dgo;
-    float *q = rnd_(n, 1, 1, &dq), *k = rnd_(n, 2, 1, &dk), *v = rnd_(n, 3, 1, &dv), *go = rnd_(n, 4, 1, &dgo);
+    float *q = gpu_rand_rounded(&gpu, n, 29, 1, 1, &dq), *k = gpu_rand_rounded(&gpu, n, 29, 2, 1, &dk), *v = gpu_rand_rounded(&gpu, n, 29, 3, 1, &dv), *go = gpu_rand_rounded(&gpu, n, 29, 4, 1, &dgo);
     float *mask = make_mask_(mask_kind, B, S), *dmask = NULL;
     if (mask) {
         dmask = op_alloc(&gpu, (size_t)B * S * 4);
@@ -156,19 +134,19 @@ static void full_case_(int B, int S, int H, int d, int mask_kind) {
         if (fa2 && var < 4) printf(" variant fwd %d bkv %d bq %d\n", var % 3, (var & 1) ? 8 : 4, (var & 2) ? 8 : 4);
         if (fa2 && var == 4) printf(" default fwd, fused backward (atomic dQ)\n");
         float *t, *a2, *b2;
-        report_("O", t = down_(d_o, n), o, n, TOL); free(t);
-        report_("lse", t = down32_(d_lse, nl), lse, nl, 1e-3); free(t);
-        report_("dQ", t = down_(d_gq, n), gq, n, TOL); free(t);
-        report_("dK", t = down_(d_gk, n), gk, n, TOL); free(t);
-        a2 = down_(d_gv, n);
+        report_("O", t = gpu_down_act(&gpu, d_o, n), o, n, TOL); free(t);
+        report_("lse", t = gpu_down_f32(&gpu, d_lse, nl), lse, nl, 1e-3); free(t);
+        report_("dQ", t = gpu_down_act(&gpu, d_gq, n), gq, n, TOL); free(t);
+        report_("dK", t = gpu_down_act(&gpu, d_gk, n), gk, n, TOL); free(t);
+        a2 = gpu_down_act(&gpu, d_gv, n);
         report_("dV", a2, gv, n, TOL);
         /* determinism: a second backward must give the same bits */
-        t = down_(d_gq, n);
+        t = gpu_down_act(&gpu, d_gq, n);
         op_attention_backward(&gpu, d_gq, d_gk, d_gv, dgo, dq, dk, dv, d_o, d_lse, dmask, B, S, H, d);
-        b2 = down_(d_gq, n);
+        b2 = gpu_down_act(&gpu, d_gq, n);
         int same = !memcmp(t, b2, n * 4);
         free(b2);
-        b2 = down_(d_gv, n);
+        b2 = gpu_down_act(&gpu, d_gv, n);
         same = same && !memcmp(a2, b2, n * 4);
         printf("    backward repeat: %s\n", same ? "bit-identical" : "DIFFERS");
         if (fa2 && var < 4) CHECK(same, "deterministic backward");
@@ -203,7 +181,7 @@ static void test_attention_dit_shape(void) {
     const size_t n = (size_t)S * D, nl = (size_t)H * S;
     const float scale = 1.0f / sqrtf((float)d);
     void *dq, *dk, *dv, *dgo;
-    float *q = rnd_(n, 11, 1, &dq), *k = rnd_(n, 12, 1, &dk), *v = rnd_(n, 13, 1, &dv), *go = rnd_(n, 14, 1, &dgo);
+    float *q = gpu_rand_rounded(&gpu, n, 29, 11, 1, &dq), *k = gpu_rand_rounded(&gpu, n, 29, 12, 1, &dk), *v = gpu_rand_rounded(&gpu, n, 29, 13, 1, &dv), *go = gpu_rand_rounded(&gpu, n, 29, 14, 1, &dgo);
     float *mask = malloc(S * 4); /* text tokens first: 256 of them, the last 106 padding */
     for (int j = 0; j < S; j++) mask[j] = (j >= 150 && j < 256) ? 0.0f : 1.0f;
     float *dmask = op_alloc(&gpu, S * 4);
@@ -215,7 +193,7 @@ static void test_attention_dit_shape(void) {
     op_attention(&gpu, d_o, d_lse, dq, dk, dv, dmask, B, S, H, d);
     op_attention_backward(&gpu, d_gq, d_gk, d_gv, dgo, dq, dk, dv, d_o, d_lse, dmask, B, S, H, d);
     op_sync(&gpu);
-    float *O = down_(d_o, n), *L = down32_(d_lse, nl), *GQ = down_(d_gq, n), *GK = down_(d_gk, n), *GV = down_(d_gv, n);
+    float *O = gpu_down_act(&gpu, d_o, n), *L = gpu_down_f32(&gpu, d_lse, nl), *GQ = gpu_down_act(&gpu, d_gq, n), *GK = gpu_down_act(&gpu, d_gk, n), *GV = gpu_down_act(&gpu, d_gv, n);
     /* sampled rows: (head, row) pairs, a few of them text rows and masked keys */
     float *ro = malloc(NS * d * 4), *go_ = malloc(NS * d * 4), *rq = malloc(NS * d * 4), *gq_ = malloc(NS * d * 4);
     float *rk = malloc(NS * d * 4), *gk_ = malloc(NS * d * 4), *rv = malloc(NS * d * 4), *gv_ = malloc(NS * d * 4);

@@ -26,6 +26,7 @@
 #include "rng.h"
 #include "rope.h"
 #include "safetensors.h"
+#include "gpulib.h"
 #include "testlib.h"
 
 #define OP_TOL 1e-2
@@ -48,29 +49,6 @@ static double l2_err_(const float *a, const float *ref, size_t n, double *maxrel
     return r > 0 ? sqrt(e / r) : sqrt(e);
 }
 
-/* random act tensor on both sides: host copy rounded to bf16 so the references see the GPU's inputs */
-static float *rnd_(size_t n, uint64_t sub, float scale, void **d) {
-    float *h = malloc(n * sizeof(float));
-    rng_normal_cpu(h, n, 11, sub, 0);
-    for (size_t i = 0; i < n; i++) h[i] *= scale;
-    *d = op_alloc(&gpu, n * 2);
-    op_upload_act(&gpu, *d, h, n);
-    op_download_act(&gpu, h, *d, n);
-    return h;
-}
-
-static float *down_(const void *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    op_download_act(&gpu, h, d, n);
-    return h;
-}
-
-static float *down32_(const float *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    op_download_f32(&gpu, h, d, n);
-    return h;
-}
-
 static void report_(const char *what, const float *a, const float *ref, size_t n, double tol) {
     double mr, e = l2_err_(a, ref, n, &mr);
     printf("    %-34s rel L2 %.2e  max %.2e  %s\n", what, e, mr, e <= tol ? "OK" : "NOT OK");
@@ -82,7 +60,7 @@ static void report_(const char *what, const float *a, const float *ref, size_t n
 static void attention_case_(int B, int S, int H, int d, int masked) {
     const size_t n = (size_t)B * S * H * d, nl = (size_t)B * H * S;
     void *dq, *dk, *dv, *dgo;
-    float *q = rnd_(n, 1, 1, &dq), *k = rnd_(n, 2, 1, &dk), *v = rnd_(n, 3, 1, &dv), *go = rnd_(n, 4, 1, &dgo);
+    float *q = gpu_rand_rounded(&gpu, n, 11, 1, 1, &dq), *k = gpu_rand_rounded(&gpu, n, 11, 2, 1, &dk), *v = gpu_rand_rounded(&gpu, n, 11, 3, 1, &dv), *go = gpu_rand_rounded(&gpu, n, 11, 4, 1, &dgo);
     float *mask = NULL, *dmask = NULL;
     if (masked) {
         mask = malloc((size_t)B * S * 4);
@@ -101,11 +79,11 @@ static void attention_case_(int B, int S, int H, int d, int masked) {
     op_sync(&gpu);
     printf("  attention B %d S %d H %d d %d%s\n", B, S, H, d, masked ? " masked" : "");
     float *t;
-    report_("O", t = down_(d_o, n), o, n, OP_TOL); free(t);
-    report_("lse", t = down32_(d_lse, nl), lse, nl, 1e-3); free(t);
-    report_("dQ", t = down_(d_gq, n), gq, n, OP_TOL); free(t);
-    report_("dK", t = down_(d_gk, n), gk, n, OP_TOL); free(t);
-    report_("dV", t = down_(d_gv, n), gv, n, OP_TOL); free(t);
+    report_("O", t = gpu_down_act(&gpu, d_o, n), o, n, OP_TOL); free(t);
+    report_("lse", t = gpu_down_f32(&gpu, d_lse, nl), lse, nl, 1e-3); free(t);
+    report_("dQ", t = gpu_down_act(&gpu, d_gq, n), gq, n, OP_TOL); free(t);
+    report_("dK", t = gpu_down_act(&gpu, d_gk, n), gk, n, OP_TOL); free(t);
+    report_("dV", t = gpu_down_act(&gpu, d_gv, n), gv, n, OP_TOL); free(t);
     free(q); free(k); free(v); free(go); free(mask); free(o); free(lse); free(gq); free(gk); free(gv);
     op_free(&gpu, dq); op_free(&gpu, dk); op_free(&gpu, dv); op_free(&gpu, dgo); op_free(&gpu, dmask);
     op_free(&gpu, d_o); op_free(&gpu, d_gq); op_free(&gpu, d_gk); op_free(&gpu, d_gv); op_free(&gpu, d_lse);
@@ -123,7 +101,7 @@ static void test_norm_ops_gpu(void) {
     AdaMod m = {2, 37, 96, 2, 20, 6 * 96};
     const size_t R = 74, D = 96, nm = 4 * (size_t)m.ld;
     void *dx, *dmod, *dgo;
-    float *x = rnd_(R * D, 10, 2, &dx), *mod = rnd_(nm, 11, 0.5f, &dmod), *go = rnd_(R * D, 12, 1, &dgo);
+    float *x = gpu_rand_rounded(&gpu, R * D, 11, 10, 2, &dx), *mod = gpu_rand_rounded(&gpu, nm, 11, 11, 0.5f, &dmod), *go = gpu_rand_rounded(&gpu, R * D, 11, 12, 1, &dgo);
     float *y = malloc(R * D * 4), *mean = malloc(R * 4), *rstd = malloc(R * 4), *gx = calloc(R * D, 4), *gm = calloc(nm, 4);
     layernorm_modulate_forward_cpu(y, mean, rstd, x, mod, mod + D, &m);
     layernorm_modulate_backward_cpu(gx, gm, gm + D, go, x, mean, rstd, mod + D, &m);
@@ -133,9 +111,9 @@ static void test_norm_ops_gpu(void) {
     op_layernorm_modulate_backward(&gpu, d_gx, d_gm, (char *)d_gm + D * 2, dgo, dx, d_mean, d_rstd, (char *)dmod + D * 2, &m);
     printf("  layernorm+modulate (2 sets)\n");
     float *t;
-    report_("out", t = down_(d_y, R * D), y, R * D, OP_TOL); free(t);
-    report_("d_inp", t = down_(d_gx, R * D), gx, R * D, OP_TOL); free(t);
-    float *tg = down_(d_gm, nm);
+    report_("out", t = gpu_down_act(&gpu, d_y, R * D), y, R * D, OP_TOL); free(t);
+    report_("d_inp", t = gpu_down_act(&gpu, d_gx, R * D), gx, R * D, OP_TOL); free(t);
+    float *tg = gpu_down_act(&gpu, d_gm, nm);
     float a[4 * 2 * 96], b[4 * 2 * 96]; /* shift|scale columns of the 4 rows */
     for (int r = 0; r < 4; r++)
         for (size_t i = 0; i < 2 * D; i++) a[r * 2 * D + i] = tg[r * m.ld + i], b[r * 2 * D + i] = gm[r * m.ld + i];
@@ -143,15 +121,15 @@ static void test_norm_ops_gpu(void) {
     free(tg);
     /* gate */
     void *dh, *d_out = op_alloc(&gpu, R * D * 2), *d_gy = op_alloc(&gpu, R * D * 2);
-    float *h = rnd_(R * D, 13, 1, &dh), *gy = malloc(R * D * 4);
+    float *h = gpu_rand_rounded(&gpu, R * D, 11, 13, 1, &dh), *gy = malloc(R * D * 4);
     gate_residual_forward_cpu(y, h, x, mod + 2 * D, &m);
     gate_residual_backward_cpu(gy, gm + 2 * D, go, x, mod + 2 * D, &m);
     op_gate_residual(&gpu, d_out, dh, dx, (char *)dmod + 2 * D * 2, &m);
     op_gate_residual_backward(&gpu, d_gy, (char *)d_gm + 2 * D * 2, dgo, dx, (char *)dmod + 2 * D * 2, &m);
     printf("  gate residual\n");
-    report_("out", t = down_(d_out, R * D), y, R * D, OP_TOL); free(t);
-    report_("d_y", t = down_(d_gy, R * D), gy, R * D, OP_TOL); free(t);
-    tg = down_(d_gm, nm);
+    report_("out", t = gpu_down_act(&gpu, d_out, R * D), y, R * D, OP_TOL); free(t);
+    report_("d_y", t = gpu_down_act(&gpu, d_gy, R * D), gy, R * D, OP_TOL); free(t);
+    tg = gpu_down_act(&gpu, d_gm, nm);
     for (int r = 0; r < 4; r++)
         for (size_t i = 0; i < D; i++) a[r * D + i] = tg[r * m.ld + 2 * D + i], b[r * D + i] = gm[r * m.ld + 2 * D + i];
     report_("d_gate", a, b, 4 * D, OP_TOL);
@@ -159,7 +137,7 @@ static void test_norm_ops_gpu(void) {
     /* RMSNorm (txt_norm shape) */
     const int rr = 13, dim = 200;
     void *dxr, *dw, *dgr;
-    float *xr = rnd_((size_t)rr * dim, 14, 1, &dxr), *w = rnd_(dim, 15, 1, &dw), *gr = rnd_((size_t)rr * dim, 16, 1, &dgr);
+    float *xr = gpu_rand_rounded(&gpu, (size_t)rr * dim, 11, 14, 1, &dxr), *w = gpu_rand_rounded(&gpu, dim, 11, 15, 1, &dw), *gr = gpu_rand_rounded(&gpu, (size_t)rr * dim, 11, 16, 1, &dgr);
     float *yr = malloc((size_t)rr * dim * 4), *rs = malloc(rr * 4), *gxr = malloc((size_t)rr * dim * 4), *gw = calloc(dim, 4);
     rmsnorm_forward_cpu(yr, rs, xr, w, rr, dim);
     rmsnorm_backward_cpu(gxr, gw, gr, xr, rs, w, rr, dim);
@@ -168,17 +146,17 @@ static void test_norm_ops_gpu(void) {
     op_rmsnorm(&gpu, d_yr, d_rs, dxr, dw, rr, dim);
     op_rmsnorm_backward(&gpu, d_gxr, d_gw, dgr, dxr, d_rs, dw, rr, dim);
     printf("  rmsnorm\n");
-    report_("out", t = down_(d_yr, (size_t)rr * dim), yr, (size_t)rr * dim, OP_TOL); free(t);
-    report_("d_inp", t = down_(d_gxr, (size_t)rr * dim), gxr, (size_t)rr * dim, OP_TOL); free(t);
-    report_("d_w", t = down32_(d_gw, dim), gw, dim, OP_TOL); free(t);
+    report_("out", t = gpu_down_act(&gpu, d_yr, (size_t)rr * dim), yr, (size_t)rr * dim, OP_TOL); free(t);
+    report_("d_inp", t = gpu_down_act(&gpu, d_gxr, (size_t)rr * dim), gxr, (size_t)rr * dim, OP_TOL); free(t);
+    report_("d_w", t = gpu_down_f32(&gpu, d_gw, dim), gw, dim, OP_TOL); free(t);
     /* GELU */
     op_gelu_tanh(&gpu, d_y, dx, R * D);
     op_gelu_tanh_backward(&gpu, d_gx, dgo, dx, R * D);
     gelu_tanh_forward_cpu(y, x, R * D);
     gelu_tanh_backward_cpu(gx, go, x, R * D);
     printf("  gelu-tanh\n");
-    report_("out", t = down_(d_y, R * D), y, R * D, OP_TOL); free(t);
-    report_("d_inp", t = down_(d_gx, R * D), gx, R * D, OP_TOL); free(t);
+    report_("out", t = gpu_down_act(&gpu, d_y, R * D), y, R * D, OP_TOL); free(t);
+    report_("d_inp", t = gpu_down_act(&gpu, d_gx, R * D), gx, R * D, OP_TOL); free(t);
     free(x); free(mod); free(go); free(y); free(mean); free(rstd); free(gx); free(gm); free(h); free(gy);
     free(xr); free(w); free(gr); free(yr); free(rs); free(gxr); free(gw);
     void *ps[] = {dx, dmod, dgo, d_y, d_gx, d_gm, d_mean, d_rstd, dh, d_out, d_gy, dxr, dw, dgr, d_yr, d_gxr, d_rs, d_gw};
@@ -194,8 +172,8 @@ static void test_qkv_gpu(void) {
     rope_table_cpu(cs, pos, N, axes);
     op_upload_f32(&gpu, d_cs, cs, (size_t)N * d);
     void *dqkv, *dwq, *dwk, *dgq, *dgk, *dgv;
-    float *qkv = rnd_(R * 3 * D, 20, 1, &dqkv), *wq = rnd_(d, 21, 1, &dwq), *wk = rnd_(d, 22, 1, &dwk);
-    float *gq = rnd_(J, 23, 1, &dgq), *gk = rnd_(J, 24, 1, &dgk), *gv = rnd_(J, 25, 1, &dgv);
+    float *qkv = gpu_rand_rounded(&gpu, R * 3 * D, 11, 20, 1, &dqkv), *wq = gpu_rand_rounded(&gpu, d, 11, 21, 1, &dwq), *wk = gpu_rand_rounded(&gpu, d, 11, 22, 1, &dwk);
+    float *gq = gpu_rand_rounded(&gpu, J, 11, 23, 1, &dgq), *gk = gpu_rand_rounded(&gpu, J, 11, 24, 1, &dgk), *gv = gpu_rand_rounded(&gpu, J, 11, 25, 1, &dgv);
     float *Q = calloc(J, 4), *K = calloc(J, 4), *V = calloc(J, 4), *rs = malloc(R * 2 * H * 4);
     float *gqkv = malloc(R * 3 * D * 4), *gwq = calloc(d, 4), *gwk = calloc(d, 4);
     qkv_norm_rope_forward_cpu(Q, K, V, rs, qkv, wq, wk, cs, B, N, H, d, S, off);
@@ -207,12 +185,12 @@ static void test_qkv_gpu(void) {
     op_qkv_norm_rope_backward(&gpu, d_gqkv, d_gwq, d_gwk, dgq, dgk, dgv, dqkv, d_rs, dwq, dwk, d_cs, B, N, H, d, S, off);
     printf("  q/k RMSNorm + RoPE + scatter\n");
     float *t;
-    report_("Q", t = down_(d_Q, J), Q, J, OP_TOL); free(t);
-    report_("K", t = down_(d_K, J), K, J, OP_TOL); free(t);
-    report_("V", t = down_(d_V, J), V, J, OP_TOL); free(t);
-    report_("d_qkv", t = down_(d_gqkv, R * 3 * D), gqkv, R * 3 * D, OP_TOL); free(t);
-    report_("d_wq", t = down32_(d_gwq, d), gwq, d, OP_TOL); free(t);
-    report_("d_wk", t = down32_(d_gwk, d), gwk, d, OP_TOL); free(t);
+    report_("Q", t = gpu_down_act(&gpu, d_Q, J), Q, J, OP_TOL); free(t);
+    report_("K", t = gpu_down_act(&gpu, d_K, J), K, J, OP_TOL); free(t);
+    report_("V", t = gpu_down_act(&gpu, d_V, J), V, J, OP_TOL); free(t);
+    report_("d_qkv", t = gpu_down_act(&gpu, d_gqkv, R * 3 * D), gqkv, R * 3 * D, OP_TOL); free(t);
+    report_("d_wq", t = gpu_down_f32(&gpu, d_gwq, d), gwq, d, OP_TOL); free(t);
+    report_("d_wk", t = gpu_down_f32(&gpu, d_gwk, d), gwk, d, OP_TOL); free(t);
     free(pos); free(cs); free(qkv); free(wq); free(wk); free(gq); free(gk); free(gv); free(Q); free(K); free(V);
     free(rs); free(gqkv); free(gwq); free(gwk);
     void *ps[] = {d_cs, dqkv, dwq, dwk, dgq, dgk, dgv, d_Q, d_K, d_V, d_gqkv, d_rs, d_gwq, d_gwk};
@@ -288,7 +266,7 @@ static void golden_gpu_(const char *name, int grad_ckpt) {
     Fam fam[64];
     int nf = 0;
     double mx, l2;
-    float *h = down_(out, no);
+    float *h = gpu_down_act(&gpu, out, no);
     l2 = l2_err_(h, ref, no, &mx);
     fam_add_(fam, &nf, "output", l2, mx);
     CHECK(l2 <= OUT_TOL, "%s output %.3g", name, l2);
@@ -297,13 +275,13 @@ static void golden_gpu_(const char *name, int grad_ckpt) {
     void *in_d[2] = {ddx, dde};
     size_t in_n[2] = {nx, ne};
     for (int i = 0; i < 2; i++) {
-        h = down_(in_d[i], in_n[i]);
+        h = gpu_down_act(&gpu, in_d[i], in_n[i]);
         l2 = l2_err_(h, f32_(g, in_names[i], NULL), in_n[i], &mx);
         fam_add_(fam, &nf, in_names[i], l2, mx);
         CHECK(l2 <= GRAD_TOL, "%s %s %.3g", name, in_names[i], l2);
         free(h);
     }
-    float *grads = down32_(m->grads, m->lay.num_params);
+    float *grads = gpu_down_f32(&gpu, m->grads, m->lay.num_params);
     for (int k = 0; k < m->lay.ntensors; k++) {
         const DitTensorInfo *ti = &m->lay.tensors[k];
         char gname[160];

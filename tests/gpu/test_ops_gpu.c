@@ -6,18 +6,11 @@
 #include "err.h"
 #include "ops.h"
 #include "rng.h"
+#include "gpulib.h"
 #include "testlib.h"
 
 static char err[QIE_ERR_LEN];
 static OpCtx cpu, gpu;
-
-/* max |a-b| / max|b| */
-static double rel_err_(const float *a, const float *b, size_t n) {
-    double m = 0, s = 1e-12;
-    for (size_t i = 0; i < n; i++) s = fmax(s, fabs(b[i]));
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
-    return m / s;
-}
 
 static float *rand_(size_t n, uint64_t sub) {
     float *x = malloc(n * sizeof(float));
@@ -45,7 +38,7 @@ static void test_matmul_gpu(void) {
     void *dy = op_alloc(&gpu, (size_t)M * N * 2);
     op_matmul(&gpu, dy, dx_, dw_, db_, M, K, N);
     op_download_act(&gpu, yg, dy, (size_t)M * N);
-    double e = rel_err_(yg, y, (size_t)M * N);
+    double e = gpu_rel_err(yg, y, (size_t)M * N);
     printf("  matmul forward rel err %.3g\n", e);
     CHECK(e < 1e-2);
     float *gx = malloc(sizeof(float) * M * K), *gxg = malloc(sizeof(float) * M * K);
@@ -57,7 +50,7 @@ static void test_matmul_gpu(void) {
     op_download_act(&gpu, gxg, d_gx, (size_t)M * K);
     op_download_f32(&gpu, gwg, d_gw, (size_t)N * K);
     op_download_f32(&gpu, gbg, d_gb, N);
-    double ex = rel_err_(gxg, gx, (size_t)M * K), ew = rel_err_(gwg, gw, (size_t)N * K), eb = rel_err_(gbg, gb, N);
+    double ex = gpu_rel_err(gxg, gx, (size_t)M * K), ew = gpu_rel_err(gwg, gw, (size_t)N * K), eb = gpu_rel_err(gbg, gb, N);
     printf("  matmul backward rel err: d_inp %.3g d_w %.3g d_bias %.3g\n", ex, ew, eb);
     CHECK(ex < 1e-2 && ew < 1e-4 && eb < 1e-4);
     free(x); free(w); free(b); free(g); free(y); free(yg); free(gx); free(gxg); free(gw); free(gwg); free(gb); free(gbg);

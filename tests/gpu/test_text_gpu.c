@@ -23,30 +23,16 @@
 #include "qwen_ops.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "gpulib.h"
 #include "testlib.h"
 
 static char err[QIE_ERR_LEN];
 static OpCtx cpu, gpu;
 
-static double rel_err_(const float *a, const float *b, size_t n) {
-    double m = 0, s = 1e-12;
-    for (size_t i = 0; i < n; i++) s = fmax(s, fabs(b[i]));
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
-    return m / s;
-}
-
 static float *rand_(size_t n, uint64_t sub) {
     float *x = malloc(n * sizeof(float));
     rng_normal_cpu(x, n, 321, sub, 0);
     return x;
-}
-
-/* uploads and rounds the host copy to what the GPU holds */
-static void *up_(float *h, size_t n) {
-    void *d = op_alloc(&gpu, n * op_act_size(&gpu));
-    op_upload_act(&gpu, d, h, n);
-    op_download_act(&gpu, h, d, n);
-    return d;
 }
 
 static int32_t *up_i32_(const int32_t *h, size_t n) {
@@ -75,7 +61,7 @@ static void check_attention(int N, int nh, int nkv, int hd, int mode, const char
             hi[i] = lo[i] + 64 < N ? lo[i] + 64 : N;
         }
     }
-    void *d_qkv = up_(qkv, (size_t)N * W);
+    void *d_qkv = gpu_up_rounded(&gpu, qkv, (size_t)N * W);
     float *ref = malloc((size_t)N * nh * hd * sizeof(float)), *got = malloc((size_t)N * nh * hd * sizeof(float));
     float scale = 1.0f / sqrtf((float)hd);
     op_qwen_attention(&cpu, ref, qkv, W, qkv + nh * hd, qkv + (nh + nkv) * hd, W, N, nh, nkv, hd, lo, hi, scale);
@@ -85,7 +71,7 @@ static void check_attention(int N, int nh, int nkv, int hd, int mode, const char
     op_qwen_attention(&gpu, d_out, d_qkv, W, base + (size_t)nh * hd * 2, base + (size_t)(nh + nkv) * hd * 2, W, N, nh, nkv,
                       hd, d_lo, d_hi, scale);
     op_download_act(&gpu, got, d_out, (size_t)N * nh * hd);
-    double e = rel_err_(got, ref, (size_t)N * nh * hd);
+    double e = gpu_rel_err(got, ref, (size_t)N * nh * hd);
     printf("  attention %-34s rel err %.3g\n", what, e);
     CHECK(e < 2e-2, "%s: %.3g", what, e);
     op_free(&gpu, d_qkv);
@@ -106,12 +92,12 @@ static void test_small_ops_gpu(void) {
     const int R = 97, C = 200, hd = 80, nh = 3, ld = 3 * 80 + 40;
     float *x = rand_((size_t)R * C, 1), *w = rand_(C, 2);
     for (int i = 0; i < C; i++) w[i] = 1.0f + 0.1f * w[i];
-    void *dx = up_(x, (size_t)R * C), *dw = up_(w, C), *dy = op_alloc(&gpu, (size_t)R * C * 2);
+    void *dx = gpu_up_rounded(&gpu, x, (size_t)R * C), *dw = gpu_up_rounded(&gpu, w, C), *dy = op_alloc(&gpu, (size_t)R * C * 2);
     float *ref = malloc((size_t)R * C * 2 * sizeof(float)), *got = malloc((size_t)R * C * 2 * sizeof(float));
     op_qwen_rmsnorm(&cpu, ref, x, w, R, C, 1e-6f);
     op_qwen_rmsnorm(&gpu, dy, dx, dw, R, C, 1e-6f);
     op_download_act(&gpu, got, dy, (size_t)R * C);
-    double e = rel_err_(got, ref, (size_t)R * C);
+    double e = gpu_rel_err(got, ref, (size_t)R * C);
     printf("  rmsnorm rel err %.3g\n", e);
     CHECK(e < 2e-2);
     /* rope on 3 heads inside rows of stride ld, both rounding modes */
@@ -124,12 +110,12 @@ static void test_small_ops_gpu(void) {
     float *dcs = up_f32_(cs, (size_t)R * hd), *dsn = up_f32_(sn, (size_t)R * hd);
     for (int mode = 0; mode < 2; mode++) {
         float *q = rand_((size_t)R * ld, 5 + mode);
-        void *dq = up_(q, (size_t)R * ld);
+        void *dq = gpu_up_rounded(&gpu, q, (size_t)R * ld);
         op_qwen_rope(&cpu, q, ld, R, nh, hd, cs, sn, mode);
         op_qwen_rope(&gpu, dq, ld, R, nh, hd, dcs, dsn, mode);
         float *g = malloc((size_t)R * ld * sizeof(float));
         op_download_act(&gpu, g, dq, (size_t)R * ld);
-        e = rel_err_(g, q, (size_t)R * ld);
+        e = gpu_rel_err(g, q, (size_t)R * ld);
         printf("  rope (bf16_math=%d) rel err %.3g\n", mode, e);
         CHECK(e < 2e-2);
         op_free(&gpu, dq);
@@ -138,18 +124,18 @@ static void test_small_ops_gpu(void) {
     }
     /* swiglu + gelu */
     float *gu = rand_((size_t)R * 2 * C, 7);
-    void *dgu = up_(gu, (size_t)R * 2 * C), *dsw = op_alloc(&gpu, (size_t)R * C * 2);
+    void *dgu = gpu_up_rounded(&gpu, gu, (size_t)R * 2 * C), *dsw = op_alloc(&gpu, (size_t)R * C * 2);
     op_qwen_swiglu(&cpu, ref, gu, R, C);
     op_qwen_swiglu(&gpu, dsw, dgu, R, C);
     op_download_act(&gpu, got, dsw, (size_t)R * C);
-    e = rel_err_(got, ref, (size_t)R * C);
+    e = gpu_rel_err(got, ref, (size_t)R * C);
     printf("  swiglu rel err %.3g\n", e);
     CHECK(e < 2e-2);
     memcpy(ref, gu, (size_t)R * C * sizeof(float));
     op_qwen_gelu_erf(&cpu, ref, (size_t)R * C);
     op_qwen_gelu_erf(&gpu, dgu, (size_t)R * C);
     op_download_act(&gpu, got, dgu, (size_t)R * C);
-    e = rel_err_(got, ref, (size_t)R * C);
+    e = gpu_rel_err(got, ref, (size_t)R * C);
     printf("  gelu_erf rel err %.3g\n", e);
     CHECK(e < 2e-2);
     /* gather / scatter: exact copies (dims 200 vectorised, 13 not) */
@@ -158,7 +144,7 @@ static void test_small_ops_gpu(void) {
         for (int i = 0; i < 50; i++) idx[i] = (i * 37) % R;
         int32_t *didx = up_i32_(idx, 50);
         float *src = rand_((size_t)R * dim, 9);
-        void *ds = up_(src, (size_t)R * dim), *dg = op_alloc(&gpu, (size_t)R * dim * 2);
+        void *ds = gpu_up_rounded(&gpu, src, (size_t)R * dim), *dg = op_alloc(&gpu, (size_t)R * dim * 2);
         op_qwen_gather_rows(&gpu, dg, ds, didx, 50, dim);
         float *h = malloc((size_t)R * dim * sizeof(float));
         op_download_act(&gpu, h, dg, (size_t)50 * dim);

@@ -20,19 +20,13 @@
 #include "ops.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "gpulib.h"
 #include "testlib.h"
 #include "vae.h"
 #include "vae_ops.h"
 
 static char err[QIE_ERR_LEN];
 static OpCtx cpu, gpu;
-
-static double rel_err_(const float *a, const float *b, size_t n) {
-    double m = 0, s = 1e-30;
-    for (size_t i = 0; i < n; i++) s = fmax(s, fabs(b[i]));
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
-    return m / s;
-}
 
 /* random host values rounded to bf16, and their device copy */
 static float *rand_(size_t n, uint64_t sub, float scale, void **dev) {
@@ -42,12 +36,6 @@ static float *rand_(size_t n, uint64_t sub, float scale, void **dev) {
     *dev = op_alloc(&gpu, n * 2);
     op_upload_act(&gpu, *dev, x, n);
     return x;
-}
-
-static float *down_(const void *d, size_t n) {
-    float *h = malloc(n * sizeof(float));
-    op_download_act(&gpu, h, d, n);
-    return h;
 }
 
 static void conv_case_(int B, int H, int W, int Cin, int Cout, int k, int stride, int plo, int phi, int res,
@@ -74,10 +62,10 @@ static void conv_case_(int B, int H, int W, int Cin, int Cout, int k, int stride
         conv2d_set_variant(v);
         op_conv2d(&gpu, dy, dx, dw, db, res ? dr : NULL, &s, ws, ws_bytes);
         conv2d_set_variant(-2);
-        float *yg = down_(dy, no);
+        float *yg = gpu_down_act(&gpu, dy, no);
         size_t bad = 0;
         for (size_t i = 0; i < no; i++) bad += !isfinite(yg[i]);
-        double e = rel_err_(yg, y, no);
+        double e = gpu_rel_err(yg, y, no);
         printf("  conv2d %-40s %-16s rel err %.3g%s\n", what, conv2d_variant_name(v), e, bad ? " NON-FINITE" : "");
         CHECK(e < 1e-2 && !bad, "%s, %s: %zu non-finite", what, conv2d_variant_name(v), bad);
         free(yg);
@@ -115,8 +103,8 @@ static void rmsnorm_case_(int M, int C) {
     for (int silu = 0; silu < 2; silu++) {
         op_rmsnorm_channels(&cpu, y, x, g, M, C, silu);
         op_rmsnorm_channels(&gpu, dy, dx, dg, M, C, silu);
-        float *yg = down_(dy, (size_t)M * C);
-        double e = rel_err_(yg, y, (size_t)M * C);
+        float *yg = gpu_down_act(&gpu, dy, (size_t)M * C);
+        double e = gpu_rel_err(yg, y, (size_t)M * C);
         printf("  rmsnorm M=%d C=%d silu=%d rel err %.3g\n", M, C, silu, e);
         CHECK(e < 1e-2);
         free(yg);
@@ -124,7 +112,7 @@ static void rmsnorm_case_(int M, int C) {
     /* in place (out == inp) gives the same as out of place */
     op_rmsnorm_channels(&gpu, dy, dx, dg, M, C, 1);
     op_rmsnorm_channels(&gpu, dx, dx, dg, M, C, 1);
-    float *a = down_(dy, (size_t)M * C), *b = down_(dx, (size_t)M * C);
+    float *a = gpu_down_act(&gpu, dy, (size_t)M * C), *b = gpu_down_act(&gpu, dx, (size_t)M * C);
     CHECK(!memcmp(a, b, sizeof(float) * M * C), "rmsnorm in place, C=%d", C);
     free(a); free(b);
     free(x); free(g); free(y);
@@ -145,8 +133,8 @@ static void attn_case_(int B, int N, int C, size_t ws_bytes, const char *what) {
     vae_attention_forward_cpu(o, qkv, B, N, C);
     void *ws = op_alloc(&gpu, ws_bytes), *dout = op_alloc(&gpu, (size_t)B * N * C * 2);
     op_vae_attention(&gpu, dout, dq, B, N, C, ws, ws_bytes);
-    float *og = down_(dout, (size_t)B * N * C);
-    double e = rel_err_(og, o, (size_t)B * N * C);
+    float *og = gpu_down_act(&gpu, dout, (size_t)B * N * C);
+    double e = gpu_rel_err(og, o, (size_t)B * N * C);
     printf("  attention %-30s rel err %.3g\n", what, e);
     CHECK(e < 1e-2, "%s", what);
     free(qkv); free(o); free(og);
@@ -166,7 +154,7 @@ static void test_layout_gpu(void) {
     void *dy = op_alloc(&gpu, (size_t)B * HW * Cp * 2);
     op_nchw_to_nhwc(&cpu, y, x, B, C, HW, Cp);
     op_nchw_to_nhwc(&gpu, dy, dx, B, C, HW, Cp);
-    float *yg = down_(dy, (size_t)B * HW * Cp);
+    float *yg = gpu_down_act(&gpu, dy, (size_t)B * HW * Cp);
     CHECK(!memcmp(y, yg, sizeof(float) * B * HW * Cp), "nchw -> nhwc exact");
     const int z = 16, n = B * HW * 2 * z;
     void *dp;
@@ -188,7 +176,7 @@ static double cmp_golden_(const SafeTensors *g, const char *name, const float *g
     if (!t || t->numel != n) return 1;
     float *ref = malloc(n * sizeof(float));
     memcpy(ref, t->data, n * sizeof(float));
-    double e = rel_err_(got, ref, n);
+    double e = gpu_rel_err(got, ref, n);
     free(ref);
     return e;
 }
@@ -236,7 +224,7 @@ static void test_real_config_gpu(void) {
     for (size_t i = 0; i < np; i++) px[i] = bf16_to_f32(f32_to_bf16(2 * px[i] - 1));
     CHECK_RC(vae_encode(err, mc, px, B, H, W, m1, l1), err);
     CHECK_RC(vae_encode(err, mg, px, B, H, W, m2, l2), err);
-    double em = rel_err_(m2, m1, nl), el = rel_err_(l2, l1, nl);
+    double em = gpu_rel_err(m2, m1, nl), el = gpu_rel_err(l2, l1, nl);
     printf("  real config, random weights, 48x32: cuda vs cpu mean rel err %.3g, logvar %.3g\n", em, el);
     CHECK(em < 5e-2 && el < 5e-2);
     free(px); free(m1); free(l1); free(m2); free(l2);
