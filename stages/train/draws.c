@@ -49,7 +49,7 @@ void drw_close(Draws **pd) {
 
 int drw_replaying(const Draws *d) { return d->st != NULL; }
 
-static uint64_t subseq_(int purpose, int img, uint64_t slot) {
+uint64_t drw_subseq(int purpose, int img, uint64_t slot) {
     return ((uint64_t)purpose << 56) | ((uint64_t)(img & 0xff) << 48) | (slot & 0xffffffffffffull);
 }
 
@@ -72,7 +72,7 @@ static int row_(char *err, Draws *d, const char *name, int b, QieDtype dt, size_
 
 int drw_normal(char *err, Draws *d, int purpose, uint64_t slot, int img, int64_t m, int b, float *out, size_t n) {
     if (!d->st) {
-        rng_normal_cpu(out, n, d->seed, subseq_(purpose, img, slot), 0);
+        rng_normal_cpu(out, n, d->seed, drw_subseq(purpose, img, slot), 0);
         return 0;
     }
     char name[96];
@@ -83,11 +83,11 @@ int drw_normal(char *err, Draws *d, int purpose, uint64_t slot, int img, int64_t
 }
 
 double drw_uniform(Draws *d, int purpose, uint64_t slot) {
-    return (double)philox_u01(rng_u32_at(d->seed, subseq_(purpose, 0, slot), 0));
+    return (double)philox_u01(rng_u32_at(d->seed, drw_subseq(purpose, 0, slot), 0));
 }
 
 uint32_t drw_u32(Draws *d, int purpose, uint64_t slot, uint64_t i) {
-    return rng_u32_at(d->seed, subseq_(purpose, 0, slot), i);
+    return rng_u32_at(d->seed, drw_subseq(purpose, 0, slot), i);
 }
 
 int drw_sigma_index(char *err, Draws *d, int64_t m, int b, int64_t *idx) {

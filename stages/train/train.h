@@ -164,6 +164,8 @@ typedef struct Draws Draws;
 int drw_open(char *err, const char *path, uint64_t seed, Draws **out); /* path NULL: Philox */
 void drw_close(Draws **d);
 int drw_replaying(const Draws *d);
+/* the Philox subsequence of (purpose, image, sample slot) under the run's seed */
+uint64_t drw_subseq(int purpose, int img, uint64_t slot);
 enum { DRW_NOISE = 1, DRW_POST = 2, DRW_SIGMA_U = 3, DRW_SIGMA_Z = 4, DRW_DROP = 5, DRW_STRATA = 6 };
 /* n normals of (purpose, slot, img) into out; img: 0 target, 1+K source K (DRW_POST only).
  * In replay mode (m, b) name the tensor row. */

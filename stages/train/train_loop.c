@@ -237,11 +237,6 @@ static int prepare_(char *err, Trainer *t, Sample *s, int64_t m, int b, uint64_t
     return 0;
 }
 
-/* draws.c's Philox stream of (purpose, img, slot): the device draws the same normals (rng.h) */
-static uint64_t subseq_(int purpose, int img, uint64_t slot) {
-    return ((uint64_t)purpose << 56) | ((uint64_t)(img & 0xff) << 48) | (slot & 0xffffffffffffull);
-}
-
 /* n normals of (purpose, img) for sample p into b (f32 on the device): on the host into the CPU
  * buffer itself; on CUDA drawn there (Philox), or replayed from the file and uploaded. */
 static int draw_(char *err, Trainer *t, DevBuf *b, int purpose, const Prepared *p, int img, size_t n, const float **out) {
@@ -249,9 +244,8 @@ static int draw_(char *err, Trainer *t, DevBuf *b, int purpose, const Prepared *
     *out = d;
     if (t->ctx.dev == QIE_DEV_CPU) return drw_normal(err, t->drw, purpose, p->slot, img, p->m, p->b, d, n);
 #ifdef QIE_CUDA
-    if (!drw_replaying(t->drw)) return rng_normal(d, n, t->st.seed, subseq_(purpose, img, p->slot), 0, t->ctx.stream);
-#else
-    (void)subseq_;
+    /* draws.c's Philox stream of (purpose, img, slot): the device draws the same normals (rng.h) */
+    if (!drw_replaying(t->drw)) return rng_normal(d, n, t->st.seed, drw_subseq(purpose, img, p->slot), 0, t->ctx.stream);
 #endif
     float *h = malloc(sizeof *h * n);
     if (!h) {
