@@ -11,6 +11,9 @@
  * Gradient checkpointing (m->grad_ckpt): the forward keeps only each block's input residuals
  * (hx[l], he[l]) and one block's activation set; the backward recomputes block l into that set
  * before differentiating it (torch.utils.checkpoint per block, as the reference trainer runs).
+ * With m->keep_attn the forward also keeps each block's attention output O and log-sum-exp, and
+ * the recompute skips the attention itself (the dearest op of a block; the kept values are the
+ * ones the recompute would produce, bit for bit).
  *
  * Parameter hook (dit.h DitHook): every use of a range's parameters or gradients is bracketed
  * (acquire/release, grad_begin/grad_end), so ZeRO-3 can gather block l just before it runs and
@@ -58,6 +61,8 @@ struct DitActs {
     void *arena;
     size_t cap, used;
     void **h[2];                /* [L+1] residual streams (image, text) */
+    void **Okeep;               /* keep_attn: [L] attention outputs [B, S, D] */
+    float **lsekeep;            /* keep_attn: [L] log-sum-exp [B, H, S] */
     BlockActs *blk;
     int nblk;
     /* top level */
@@ -69,6 +74,8 @@ struct DitActs {
     void *a_out, *out;          /* [B·N_i, D], [B·N_i, out_dim] */
     float *key_valid;           /* [B, S] or NULL */
     float *cs[2];               /* RoPE tables [N, d/2, 2]: image, text */
+    DitShape rope_sh;           /* the shape the tables in cs were made for ... */
+    float *rope_cs[2];          /* ... at these addresses (NULL: none made since the arena was made) */
     /* backward scratch */
     void *dh[2], *d_mod[2], *dA, *d_qkv, *d_y, *d_u, *dQ, *dK, *dV, *dO;
     void *d_stemb, *d_tmp, *d_temb, *d_t1s, *d_txtn, *d_modout, *d_aout;
@@ -141,6 +148,11 @@ static void carve_(Dit *m, struct DitActs *a, Carve *c) {
     const size_t R[2] = {B * a->N[0], B * a->N[1]};
     const size_t Rmax = R[0] > R[1] ? R[0] : R[1];
     const int keep_all = m->train; /* residuals per block boundary kept for the backward */
+    const int keep_attn = a->Okeep != NULL;
+    for (size_t l = 0; keep_attn && l < L; l++) {
+        a->Okeep[l] = take_(c, B * S * D * es);
+        a->lsekeep[l] = take_(c, B * cf->num_heads * S * 4);
+    }
     for (int s = 0; s < 2; s++) {
         if (keep_all) {
             for (size_t l = 0; l <= L; l++) a->h[s][l] = take_(c, R[s] * D * es);
@@ -171,8 +183,10 @@ static void carve_(Dit *m, struct DitActs *a, Carve *c) {
         b->Q = take_(c, B * S * D * es);
         b->K = take_(c, B * S * D * es);
         b->V = take_(c, B * S * D * es);
-        b->O = take_(c, B * S * D * es);
-        b->lse = take_(c, B * cf->num_heads * S * 4);
+        if (!keep_attn) {
+            b->O = take_(c, B * S * D * es);
+            b->lse = take_(c, B * cf->num_heads * S * 4);
+        }
     }
     a->txtn = take_(c, R[1] * cf->joint_dim * es);
     a->txt_rstd = take_(c, R[1] * 4);
@@ -220,6 +234,8 @@ static void acts_free_(Dit *m) {
     op_free(m->ctx, a->arena);
     free(a->h[0]);
     free(a->h[1]);
+    free(a->Okeep);
+    free(a->lsekeep);
     free(a->blk);
     free(a);
     m->acts = NULL;
@@ -359,8 +375,12 @@ static int acts_prepare_(char *err, Dit *m, const DitShape *sh, int has_mask) {
             a->h[1] = calloc((size_t)cf->num_layers + 1, sizeof(void *));
             a->nblk = (m->train && !m->grad_ckpt) ? cf->num_layers : 1;
             a->blk = calloc((size_t)a->nblk, sizeof(BlockActs));
+            if (m->train && m->grad_ckpt && m->keep_attn) {
+                a->Okeep = calloc((size_t)cf->num_layers, sizeof(void *));
+                a->lsekeep = calloc((size_t)cf->num_layers, sizeof(float *));
+            }
         }
-        if (!a || !a->h[0] || !a->h[1] || !a->blk) {
+        if (!a || !a->h[0] || !a->h[1] || !a->blk || (m->train && m->grad_ckpt && m->keep_attn && (!a->Okeep || !a->lsekeep))) {
             acts_free_(m);
             qie_seterr(err, "dit_forward: out of memory");
             return QIE_ENOMEM;
@@ -380,6 +400,7 @@ static int acts_prepare_(char *err, Dit *m, const DitShape *sh, int has_mask) {
         op_free(m->ctx, a->arena);
         a->arena = op_alloc(m->ctx, c.off);
         a->cap = c.off;
+        a->rope_cs[0] = a->rope_cs[1] = NULL;
     }
     a->used = c.off;
     c.base = a->arena;
@@ -390,8 +411,20 @@ static int acts_prepare_(char *err, Dit *m, const DitShape *sh, int has_mask) {
 
 /* RoPE positions (spec 1.7): image idx token (f, y, x) -> (idx + f, y − (h − ⌊h/2⌋), x − (w − ⌊w/2⌋));
  * text token k -> m0 + k on all axes, m0 = max over images of max(⌊h/2⌋, ⌊w/2⌋). */
+static int same_rope_shape_(const DitShape *x, const DitShape *y) {
+    if (x->N_txt != y->N_txt || x->n_images != y->n_images) return 0;
+    for (int i = 0; i < x->n_images; i++)
+        for (int k = 0; k < 3; k++)
+            if (x->img_shapes[i][k] != y->img_shapes[i][k]) return 0;
+    return 1;
+}
+
+/* The tables depend on the image shapes and the text length only: a bucketed run makes them
+ * once per shape instead of once per step (half a million sin/cos at 1024²). */
 static int rope_tables_(char *err, Dit *m) {
     struct DitActs *a = m->acts;
+    if (a->rope_cs[0] == a->cs[0] && a->rope_cs[1] == a->cs[1] && a->rope_cs[0] && same_rope_shape_(&a->rope_sh, &a->sh))
+        return 0;
     const int half = m->cfg.head_dim / 2;
     int *pos = malloc(sizeof(int) * 3 * (size_t)(a->N[0] > a->N[1] ? a->N[0] : a->N[1]));
     float *cs = malloc(sizeof(float) * 2 * half * (size_t)(a->N[0] > a->N[1] ? a->N[0] : a->N[1]));
@@ -421,6 +454,9 @@ static int rope_tables_(char *err, Dit *m) {
     op_upload_f32(m->ctx, a->cs[1], cs, (size_t)a->N[1] * 2 * half);
     free(pos);
     free(cs);
+    a->rope_sh = a->sh;
+    a->rope_cs[0] = a->cs[0];
+    a->rope_cs[1] = a->cs[1];
     return 0;
 }
 
@@ -436,9 +472,14 @@ static AdaMod stream_mod_(const Dit *m, int s) {
 
 /* ---- block forward (spec 1.6) ------------------------------------------------------------- */
 
-static void block_forward_(Dit *m, int l, BlockActs *b) {
+/* recompute: the backward's checkpoint recompute (the attention is skipped when it was kept) */
+static void block_forward_(Dit *m, int l, BlockActs *b, int recompute) {
     OpCtx *c = m->ctx;
     struct DitActs *a = m->acts;
+    if (a->Okeep) {
+        b->O = a->Okeep[l];
+        b->lse = a->lsekeep[l];
+    }
     const int D = m->cfg.D, H = m->cfg.num_heads, d = m->cfg.head_dim, B = a->B, S = a->S;
     static const int mod_w[2] = {DIT_B_IMG_MOD_W, DIT_B_TXT_MOD_W}, qkv_w[2] = {DIT_B_TO_Q_W, DIT_B_ADD_Q_W},
                      qkv_b[2] = {DIT_B_TO_Q_B, DIT_B_ADD_Q_B}, nq[2] = {DIT_B_NORM_Q, DIT_B_NORM_ADD_Q},
@@ -457,7 +498,7 @@ static void block_forward_(Dit *m, int l, BlockActs *b) {
         op_qkv_norm_rope(c, b->Q, b->K, b->V, t->qk_rstd, t->qkv, P(l, nq[s]), P(l, nk[s]), a->cs[s], B, a->N[s], H,
                          d, S, s ? 0 : a->N[1]);
     }
-    op_attention(c, b->O, b->lse, b->Q, b->K, b->V, a->key_valid, B, S, H, d);
+    if (!(recompute && a->Okeep)) op_attention(c, b->O, b->lse, b->Q, b->K, b->V, a->key_valid, B, S, H, d);
     for (int s = 0; s < 2; s++) {
         StreamActs *t = &b->s[s];
         const AdaMod am = stream_mod_(m, s);
@@ -574,7 +615,7 @@ int dit_forward(char *err, Dit *m, const DitShape *sh, const void *x, const void
     /* 7. blocks */
     for (int l = 0; l < L; l++) {
         acquire_(m, 1 + l, DIT_PHASE_FORWARD);
-        block_forward_(m, l, &a->blk[a->nblk == L ? l : 0]);
+        block_forward_(m, l, &a->blk[a->nblk == L ? l : 0], 0);
         release_(m, 1 + l, DIT_PHASE_FORWARD);
     }
     /* 8-9. norm_out (scale first, then shift; temb[0:B]) and proj_out */
@@ -620,7 +661,7 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     for (int l = L - 1; l >= 0; l--) {
         BlockActs *b = &a->blk[a->nblk == L ? l : 0];
         acquire_(m, 1 + l, DIT_PHASE_BACKWARD);
-        if (a->nblk != L) block_forward_(m, l, b);
+        if (a->nblk != L) block_forward_(m, l, b, 1);
         grad_begin_(m, 1 + l);
         block_backward_(m, l, b);
         grad_end_(m, 1 + l);

@@ -183,6 +183,9 @@ typedef struct {
                                    is first needed (allocated by dit_create when train != 0) */
     int train;                  /* keep what the backward needs */
     int grad_ckpt;              /* recompute each block in the backward */
+    int keep_attn;              /* with grad_ckpt: keep each block's attention output and log-sum-exp
+                                   (B·S·(D·act + H·4) bytes per layer) so the recompute skips the
+                                   attention; set before the first dit_forward (0 by default) */
     struct DitActs *acts;       /* activation arena (dit.c) */
     DitHook hook;               /* dit_set_hook; zeroed: resident buffers */
     const void **rp;            /* [L+2] range bases handed out by hook.param_acquire (dit.c) */

@@ -5,6 +5,9 @@
 #include "adamw.h"
 
 #include <math.h>
+#include <stdint.h>
+
+#include "dtype.h"
 
 void adamw_args(AdamWArgs *a, double lr, double beta1, double beta2, double eps, double weight_decay, long t,
                 double grad_scale) {
@@ -38,9 +41,24 @@ void adamw_update_cpu(float *master, float *params, const float *grads, float *m
 
 void op_adamw_update(OpCtx *c, float *master, void *params, const float *grads, float *m, float *v, size_t n,
                      const AdamWArgs *a) {
+    op_adamw_update_dt(c, master, params, grads, QIE_DT_F32, m, v, n, a);
+}
+
+void op_adamw_update_dt(OpCtx *c, float *master, void *params, const void *grads, QieDtype gdt, float *m, float *v,
+                        size_t n, const AdamWArgs *a) {
 #ifdef QIE_CUDA
-    if (c->dev == QIE_DEV_CUDA) { adamw_update(c, master, params, grads, m, v, n, a); return; }
+    if (c->dev == QIE_DEV_CUDA) { adamw_update(c, master, params, grads, gdt, m, v, n, a); return; }
 #endif
     (void)c;
-    adamw_update_cpu(master, (float *)params, grads, m, v, n, a);
+    if (gdt == QIE_DT_F32) {
+        adamw_update_cpu(master, (float *)params, grads, m, v, n, a);
+        return;
+    }
+    float g[1024]; /* bf16 gradients widened a chunk at a time */
+    const uint16_t *gb = grads;
+    for (size_t i = 0; i < n; i += 1024) {
+        size_t k = n - i < 1024 ? n - i : 1024;
+        for (size_t j = 0; j < k; j++) g[j] = bf16_to_f32(gb[i + j]);
+        adamw_update_cpu(master + i, params ? (float *)params + i : NULL, g, m + i, v + i, k, a);
+    }
 }

@@ -7,11 +7,16 @@
 #include "adamw.h"
 #include "check_cuda.h"
 
-__global__ void adamw_kernel1(float *master, __nv_bfloat16 *params, const float *grads, float *m, float *v,
-                              size_t n, AdamWArgs a) {
+__device__ __forceinline__ float widen_(float g) { return g; }
+__device__ __forceinline__ float widen_(__nv_bfloat16 g) { return __bfloat162float(g); }
+
+template <typename G>
+__global__ void adamw_kernel1(float *master, __nv_bfloat16 *params, const G *grads, float *m, float *v, size_t n,
+                              AdamWArgs a) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = a.grad_scale == 1.0f ? grads[i] : __fmul_rn(grads[i], a.grad_scale);
+    const float g0 = widen_(grads[i]);
+    float g = a.grad_scale == 1.0f ? g0 : __fmul_rn(g0, a.grad_scale);
     float p = __fmul_rn(master[i], a.lr_decay);
     float mi = __fadd_rn(m[i], __fmul_rn(a.beta1_c, __fsub_rn(g, m[i])));
     float vi = __fadd_rn(__fmul_rn(v[i], a.beta2), __fmul_rn(__fmul_rn(a.beta2_c, g), g));
@@ -23,10 +28,14 @@ __global__ void adamw_kernel1(float *master, __nv_bfloat16 *params, const float 
     if (params) params[i] = __float2bfloat16_rn(p);
 }
 
-extern "C" void adamw_update(OpCtx *c, float *master, void *params, const float *grads, float *m, float *v, size_t n,
-                             const AdamWArgs *a) {
+extern "C" void adamw_update(OpCtx *c, float *master, void *params, const void *grads, QieDtype gdt, float *m,
+                             float *v, size_t n, const AdamWArgs *a) {
     if (!n) return;
     unsigned grid = (unsigned)((n + 511) / 512);
-    adamw_kernel1<<<grid, 512, 0, (cudaStream_t)c->stream>>>(master, (__nv_bfloat16 *)params, grads, m, v, n, *a);
+    cudaStream_t st = (cudaStream_t)c->stream;
+    if (gdt == QIE_DT_BF16)
+        adamw_kernel1<<<grid, 512, 0, st>>>(master, (__nv_bfloat16 *)params, (const __nv_bfloat16 *)grads, m, v, n, *a);
+    else
+        adamw_kernel1<<<grid, 512, 0, st>>>(master, (__nv_bfloat16 *)params, (const float *)grads, m, v, n, *a);
     CUDA_CHECK(cudaGetLastError());
 }

@@ -43,9 +43,13 @@ void adamw_update_cpu(float *master, float *params, const float *grads, float *m
 /* Dispatcher: master, m, v, grads f32 and params act, all on ctx's device. */
 void op_adamw_update(OpCtx *c, float *master, void *params, const float *grads, float *m, float *v, size_t n,
                      const AdamWArgs *a);
+/* The same with gradients of dtype gdt (QIE_DT_F32 or QIE_DT_BF16: the trainer's bf16 gradient
+ * shard, widened exactly to f32 before the formula above). */
+void op_adamw_update_dt(OpCtx *c, float *master, void *params, const void *grads, QieDtype gdt, float *m, float *v,
+                        size_t n, const AdamWArgs *a);
 #ifdef QIE_CUDA
-void adamw_update(OpCtx *c, float *master, void *params, const float *grads, float *m, float *v, size_t n,
-                  const AdamWArgs *a);
+void adamw_update(OpCtx *c, float *master, void *params, const void *grads, QieDtype gdt, float *m, float *v,
+                  size_t n, const AdamWArgs *a);
 #endif
 
 #ifdef __cplusplus

@@ -24,8 +24,10 @@ double global_norm_squared_cpu(const float *x, size_t n);
 /* Σ x[i]² for x on ctx's device, returned on the host (synchronises the stream on CUDA).
  * scratch: f32 [GLOBAL_NORM_BLOCKS + 1] on ctx's device (unused on CPU; may be NULL there). */
 double op_global_norm_squared(OpCtx *c, float *scratch, const float *x, size_t n);
+/* The same over x of dtype dt (QIE_DT_F32 or QIE_DT_BF16), each element widened exactly. */
+double op_global_norm_squared_dt(OpCtx *c, float *scratch, const void *x, QieDtype dt, size_t n);
 #ifdef QIE_CUDA
-double global_norm_squared(OpCtx *c, float *scratch, const float *x, size_t n);
+double global_norm_squared(OpCtx *c, float *scratch, const void *x, QieDtype dt, size_t n);
 #endif
 
 #ifdef __cplusplus

@@ -2,6 +2,7 @@
 #include "ops.h"
 #include "err.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,8 @@ void op_download_act_cuda_(OpCtx *c, float *h_dst, const void *d_src, size_t n);
 void op_copy_cuda_(OpCtx *c, void *dst, const void *src, size_t bytes, int kind);
 void op_act_to_f32_cuda_(OpCtx *c, float *dst, const void *src, size_t n);
 void op_f32_to_act_cuda_(OpCtx *c, void *dst, const float *src, size_t n);
+int opctx_fork_cuda_(char *err, OpCtx *side);
+void op_wait_for_cuda_(OpCtx *waiter, OpCtx *from);
 #define IS_CUDA(c) ((c)->dev == QIE_DEV_CUDA)
 #else
 #define IS_CUDA(c) 0
@@ -58,6 +61,84 @@ void opctx_free(OpCtx *c) {
     memset(c, 0, sizeof *c);
 }
 
+int opctx_fork(char *err, OpCtx *side, const OpCtx *c) {
+    *side = *c;
+    side->forked = 1;
+    side->stream = side->event = NULL;
+#ifdef QIE_CUDA
+    if (IS_CUDA(c)) return opctx_fork_cuda_(err, side);
+#endif
+    (void)err;
+    return 0;
+}
+
+void op_wait_for(OpCtx *waiter, OpCtx *from) {
+#ifdef QIE_CUDA
+    if (IS_CUDA(waiter)) op_wait_for_cuda_(waiter, from);
+#endif
+    (void)waiter;
+    (void)from;
+}
+
+/* ---- allocation accounting: (pointer, bytes) of every live op_alloc ---- */
+
+typedef struct {
+    void *p;
+    size_t bytes;
+} Alloc_;
+static pthread_mutex_t mem_lock_ = PTHREAD_MUTEX_INITIALIZER;
+static Alloc_ *mem_tab_;
+static size_t mem_n_, mem_cap_, mem_cur_, mem_peak_;
+
+static void mem_note_(void *p, size_t bytes) {
+    pthread_mutex_lock(&mem_lock_);
+    if (mem_n_ == mem_cap_) {
+        size_t cap = mem_cap_ ? 2 * mem_cap_ : 256;
+        Alloc_ *t = realloc(mem_tab_, cap * sizeof *t);
+        if (!t) { /* accounting is advisory: a full table only stops counting */
+            pthread_mutex_unlock(&mem_lock_);
+            return;
+        }
+        mem_tab_ = t;
+        mem_cap_ = cap;
+    }
+    mem_tab_[mem_n_++] = (Alloc_){p, bytes};
+    mem_cur_ += bytes;
+    if (mem_cur_ > mem_peak_) mem_peak_ = mem_cur_;
+    pthread_mutex_unlock(&mem_lock_);
+}
+
+static void mem_forget_(void *p) {
+    pthread_mutex_lock(&mem_lock_);
+    for (size_t i = mem_n_; i-- > 0;)
+        if (mem_tab_[i].p == p) {
+            mem_cur_ -= mem_tab_[i].bytes;
+            mem_tab_[i] = mem_tab_[--mem_n_];
+            break;
+        }
+    pthread_mutex_unlock(&mem_lock_);
+}
+
+size_t op_mem_in_use(void) {
+    pthread_mutex_lock(&mem_lock_);
+    size_t v = mem_cur_;
+    pthread_mutex_unlock(&mem_lock_);
+    return v;
+}
+
+size_t op_mem_peak(void) {
+    pthread_mutex_lock(&mem_lock_);
+    size_t v = mem_peak_;
+    pthread_mutex_unlock(&mem_lock_);
+    return v;
+}
+
+void op_mem_reset_peak(void) {
+    pthread_mutex_lock(&mem_lock_);
+    mem_peak_ = mem_cur_;
+    pthread_mutex_unlock(&mem_lock_);
+}
+
 const char *opctx_device_name(const OpCtx *c) { return c->dev == QIE_DEV_CUDA ? "cuda" : "cpu"; }
 
 size_t op_act_size(const OpCtx *c) { return dtype_size(c->act); }
@@ -65,7 +146,11 @@ size_t op_act_size(const OpCtx *c) { return dtype_size(c->act); }
 void *op_alloc(OpCtx *c, size_t bytes) {
     if (!bytes) return NULL;
 #ifdef QIE_CUDA
-    if (IS_CUDA(c)) return op_alloc_cuda_(c, bytes);
+    if (IS_CUDA(c)) {
+        void *d = op_alloc_cuda_(c, bytes);
+        mem_note_(d, bytes);
+        return d;
+    }
 #endif
     (void)c;
     /* 64-byte aligned so that vector loads never split a cache line at the start */
@@ -75,11 +160,13 @@ void *op_alloc(OpCtx *c, size_t bytes) {
         exit(EXIT_FAILURE);
     }
     memset(p, 0, bytes);
+    mem_note_(p, bytes);
     return p;
 }
 
 void op_free(OpCtx *c, void *p) {
     if (!p) return;
+    mem_forget_(p);
 #ifdef QIE_CUDA
     if (IS_CUDA(c)) { op_free_cuda_(c, p); return; }
 #endif

@@ -27,12 +27,35 @@ extern "C" int opctx_init_cuda_(char *err, OpCtx *c, int index) {
     c->cublaslt = h;
     CUDA_CHECK(cudaMalloc(&c->workspace, CUBLASLT_WORKSPACE));
     c->workspace_bytes = CUBLASLT_WORKSPACE;
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    c->event = ev;
     return 0;
 }
 
+extern "C" int opctx_fork_cuda_(char *err, OpCtx *side) {
+    (void)err;
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    side->stream = s;
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    side->event = ev;
+    return 0;
+}
+
+extern "C" void op_wait_for_cuda_(OpCtx *waiter, OpCtx *from) {
+    CUDA_CHECK(cudaEventRecord((cudaEvent_t)from->event, (cudaStream_t)from->stream));
+    CUDA_CHECK(cudaStreamWaitEvent((cudaStream_t)waiter->stream, (cudaEvent_t)from->event, 0));
+}
+
 extern "C" void opctx_free_cuda_(OpCtx *c) {
-    if (c->workspace) CUDA_CHECK(cudaFree(c->workspace));
-    if (c->cublaslt) CUBLAS_CHECK(cublasLtDestroy((cublasLtHandle_t)c->cublaslt));
+    if (c->stream) CUDA_CHECK(cudaStreamSynchronize((cudaStream_t)c->stream));
+    if (c->event) CUDA_CHECK(cudaEventDestroy((cudaEvent_t)c->event));
+    if (!c->forked) { /* a fork shares the handle and workspace of its parent */
+        if (c->workspace) CUDA_CHECK(cudaFree(c->workspace));
+        if (c->cublaslt) CUBLAS_CHECK(cublasLtDestroy((cublasLtHandle_t)c->cublaslt));
+    }
     if (c->stream) CUDA_CHECK(cudaStreamDestroy((cudaStream_t)c->stream));
 }
 

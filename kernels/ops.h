@@ -39,16 +39,31 @@ typedef struct {
     void *cublaslt;        /* cublasLtHandle_t */
     void *workspace;       /* cuBLASLt workspace (device) */
     size_t workspace_bytes;
+    void *event;           /* cudaEvent_t marking this ctx's stream for op_wait_for */
+    int forked;            /* made by opctx_fork: owns its stream and event only */
 } OpCtx;
 
 /* dev_name: "cpu" or "cuda" / "cuda:N". QIE_EUNSUPPORTED for cuda in a CPU-only build. */
 int opctx_init(char *err, OpCtx *c, const char *dev_name);
 void opctx_free(OpCtx *c);
 const char *opctx_device_name(const OpCtx *c);
+/* A second queue on c's device for work that overlaps c's own (prefetching the next block's
+ * weights while this one computes): *side is c with its own stream and event, sharing the
+ * cuBLASLt handle (GEMMs stay on c). Release with opctx_free. On the CPU a plain copy. */
+int opctx_fork(char *err, OpCtx *side, const OpCtx *c);
+/* Work queued on waiter from now on starts after everything queued on from so far (an event;
+ * the host does not wait). No-op on the CPU, where every op is synchronous. */
+void op_wait_for(OpCtx *waiter, OpCtx *from);
 
 /* Memory on the ctx's device, zero-filled; NULL only when bytes == 0 (failure is fatal). */
 void *op_alloc(OpCtx *c, size_t bytes);
 void op_free(OpCtx *c, void *p); /* NULL is a no-op */
+/* Bytes op_alloc holds now and the most it held since the process started or the last reset,
+ * over every context and device (torch.cuda.max_memory_allocated's measure: buffers, not the
+ * CUDA context). */
+size_t op_mem_in_use(void);
+size_t op_mem_peak(void);
+void op_mem_reset_peak(void);
 void op_zero(OpCtx *c, void *p, size_t bytes);
 void op_sync(OpCtx *c);
 size_t op_act_size(const OpCtx *c); /* bytes per activation element */

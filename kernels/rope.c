@@ -9,13 +9,14 @@
 
 void rope_table_cpu(float *cs, const int *pos, int N, const int axes[3]) {
     const int half = (axes[0] + axes[1] + axes[2]) / 2;
+    float inv[512]; /* QwenEmbedRope.rope_params: 1.0 / theta ** (arange(0, dim, 2).float() / dim), fp32 */
+    for (int a = 0, k = 0; a < 3; a++)
+        for (int j = 0; j < axes[a] / 2 && k < 512; j++, k++) inv[k] = 1.0f / powf(QIE_ROPE_THETA, (float)(2 * j) / (float)axes[a]);
     for (int n = 0; n < N; n++) {
         int k = 0;
         for (int a = 0; a < 3; a++)
             for (int j = 0; j < axes[a] / 2; j++, k++) {
-                /* QwenEmbedRope.rope_params: 1.0 / theta ** (arange(0, dim, 2).float() / dim), fp32 */
-                float inv = 1.0f / powf(QIE_ROPE_THETA, (float)(2 * j) / (float)axes[a]);
-                float th = (float)pos[n * 3 + a] * inv;
+                float th = (float)pos[n * 3 + a] * inv[k];
                 cs[((size_t)n * half + k) * 2 + 0] = cosf(th);
                 cs[((size_t)n * half + k) * 2 + 1] = sinf(th);
             }

@@ -786,6 +786,20 @@ static void test_dist_flags(void) {
     f.param_residency = "block"; /* one process: zero3 with the weights made per block */
     CHECK_RC(dst_resolve(err, &f, &c), err);
     CHECK(c.strategy == TS_ZERO3 && c.param_residency_block);
+    CHECK(c.grad_compute_dtype == (c.gradient_accumulation_steps == 1), "--gradient_dtype auto");
+    f.gradient_dtype = "fp32";
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(!c.grad_compute_dtype);
+    f.gradient_dtype = "bf16";
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.grad_compute_dtype);
+    f.gradient_dtype = "fp16";
+    CHECK(dst_resolve(err, &f, &c) == QIE_EINVAL, "--gradient_dtype fp16 refused");
+    f.param_residency = NULL;
+    f.gradient_dtype = "bf16";
+    CHECK(dst_resolve(err, &f, &c) == QIE_EINVAL, "bf16 gradients need block residency");
+    f.gradient_dtype = NULL;
+    f.param_residency = "block";
     f.distributed = "zero2";
     CHECK(dst_resolve(err, &f, &c) == QIE_EINVAL);
     f.distributed = "bogus";
@@ -795,49 +809,53 @@ static void test_dist_flags(void) {
 }
 
 /* One process, --distributed ddp and zero3 (= --param_residency block: no resident bf16 weights,
- * each block made from the fp32 master when used) against the plain trainer: the same bits. The
- * world-1 collectives are copies and zero3's per-pass gradient slots add in the same order as
- * the resident buffer. Then a zero3 checkpoint resumed by the plain trainer (and vice versa). */
+ * each block made from the fp32 master when used, on the side queue) against the plain trainer:
+ * the same bits. The world-1 collectives are copies and zero3's per-pass gradient slots add in
+ * the same order as the resident buffer. Also zero3 with the gradient kept in the compute dtype
+ * (--gradient_dtype bf16: f32 on the CPU, so only the slot and its rounding pass are exercised)
+ * and the plain trainer with --recompute_attention (kept attention outputs are the recompute's
+ * bits). Then a zero3 checkpoint resumed by the plain trainer (and vice versa). */
 static void test_dist_world1(void) {
-    char d0[512], d1[512], d2[512], err[QIE_ERR_LEN] = "";
-    tmpdir_(d0, sizeof d0);
-    tmpdir_(d1, sizeof d1);
-    tmpdir_(d2, sizeof d2);
-    TrainStrategy st[3] = {TS_NONE, TS_DDP, TS_ZERO3};
-    const char *dirs[3] = {d0, d1, d2};
-    for (int i = 0; i < 3; i++) {
+    enum { NV = 5 };
+    char d[NV][512], err[QIE_ERR_LEN] = "";
+    for (int i = 0; i < NV; i++) tmpdir_(d[i], sizeof d[i]);
+    TrainStrategy st[NV] = {TS_NONE, TS_DDP, TS_ZERO3, TS_ZERO3, TS_NONE};
+    const char *names[NV] = {"plain", "ddp", "zero3", "zero3 + compute-dtype gradients", "plain + recompute_attention"};
+    for (int i = 0; i < NV; i++) {
         TrainConfig c;
-        cfg_golden_(&c, "b", dirs[i]);
+        cfg_golden_(&c, "b", d[i]);
         c.draws_path = NULL;
         c.uniform_sampling = 1;
         c.gradient_checkpointing = 1; /* zero3 recomputes inside acquire/release */
         c.checkpointing_steps = 5;
         c.strategy = st[i];
-        c.param_residency_block = i == 2;
+        c.param_residency_block = st[i] == TS_ZERO3;
+        c.grad_compute_dtype = i == 3;
+        c.recompute_attention = i == 4;
         CHECK_RC(train_run(err, &c), err);
     }
     DitConfig dc;
     DitLayout lay = {0};
     CHECK_RC(dit_config_load(err, gpath_("model"), &dc), err);
     CHECK_RC(dit_layout_init(err, &lay, &dc), err);
-    float *w[3];
-    for (int i = 0; i < 3; i++) {
-        char p[700];
-        snprintf(p, sizeof p, "%s/checkpoint-10", dirs[i]);
+    float *w[NV];
+    for (int i = 0; i < NV; i++) {
+        char p[NV * 512 + 32];
+        snprintf(p, sizeof p, "%s/checkpoint-10", d[i]);
         w[i] = calloc(lay.num_params, sizeof(float));
         CHECK_RC(full_weights_(err, &lay, p, w[i]), err);
     }
-    for (int i = 1; i < 3; i++) {
+    for (int i = 1; i < NV; i++) {
         size_t bad = 0;
         for (size_t k = 0; k < lay.num_params; k++) bad += w[i][k] != w[0][k];
-        CHECK(bad == 0, "%s: %zu of %zu weights differ from the plain trainer", i == 1 ? "ddp" : "zero3", bad, lay.num_params);
+        CHECK(bad == 0, "%s: %zu of %zu weights differ from the plain trainer", names[i], bad, lay.num_params);
     }
-    same_tree_(d0, d2, "transformer");
+    same_tree_(d[0], d[2], "transformer");
     /* cross-format resume: plain checkpoint-5 continued by zero3, and zero3's by the plain trainer */
     for (int i = 0; i < 2; i++) {
         char o[512], from[700];
         tmpdir_(o, sizeof o);
-        snprintf(from, sizeof from, "%s/checkpoint-5", i ? d2 : d0);
+        snprintf(from, sizeof from, "%s/checkpoint-5", i ? d[2] : d[0]);
         TrainConfig c;
         cfg_golden_(&c, "b", o);
         c.draws_path = NULL;
@@ -857,11 +875,11 @@ static void test_dist_world1(void) {
         free(x);
         rmrf_(o);
     }
-    for (int i = 0; i < 3; i++) free(w[i]);
+    for (int i = 0; i < NV; i++) {
+        free(w[i]);
+        rmrf_(d[i]);
+    }
     dit_layout_free(&lay);
-    rmrf_(d0);
-    rmrf_(d1);
-    rmrf_(d2);
 }
 
 int main(int argc, char **argv) {

@@ -22,6 +22,13 @@
  *              into the f32 gradient shard. Accumulation across micro-batches without an f32 add
  *              kernel: later passes preload the shard's running sum into their own part of the
  *              slot, so the reduce-scatter adds it back.
+ *   one process  ZeRO-3 at world 1 (--param_residency block) runs no collective: the next
+ *              range's bf16 weights are made on a second queue (opctx_fork) while this range
+ *              computes, and the gradient goes straight to the shard: f32 in place, or, with
+ *              --gradient_dtype bf16 (auto: one micro-batch per step on CUDA), through one f32
+ *              range slot rounded into a bf16 shard at grad_end. Under autocast the reference's
+ *              weight gradients are bf16 GEMM outputs widened into fp32 .grad, so for one
+ *              micro-batch the bf16 shard holds the same values; it saves 2 B per parameter.
  *   lockstep   every rank must make the same collective calls. ZeRO-3 gathers inside every DiT
  *              pass, so a rank whose micro-batch has fewer DiT calls (skipped samples, several
  *              shape groups) runs idle passes: the hook sequence without the compute.
@@ -204,6 +211,23 @@ int dst_resolve(char *err, const DistFlags *f, TrainConfig *c) {
     c->strategy = s;
     c->strategy_name = how;
     c->param_residency_block = s == TS_ZERO3;
+    const char *gd = f->gradient_dtype ? f->gradient_dtype : "auto";
+    const int one = s == TS_ZERO3 && c->world == 1;
+    if (!strcmp(gd, "auto")) {
+        c->grad_compute_dtype = one && c->gradient_accumulation_steps == 1;
+    } else if (!strcmp(gd, "fp32") || !strcmp(gd, "f32")) {
+        c->grad_compute_dtype = 0;
+    } else if (!strcmp(gd, "bf16")) {
+        if (!one) {
+            qie_seterr(err, "--gradient_dtype bf16 needs --param_residency block on one process; this run is %s on %d",
+                       dst_strategy_name(s), c->world);
+            return QIE_EINVAL;
+        }
+        c->grad_compute_dtype = 1;
+    } else {
+        qie_seterr(err, "--gradient_dtype %s: not auto, fp32 or bf16", gd);
+        return QIE_EINVAL;
+    }
     return 0;
 }
 
@@ -265,6 +289,12 @@ static void gather_(Dist *d, int r, int s) {
     if (d->rc) return;
     const size_t sh = shsize_(d, r), es = op_act_size(d->ctx);
     char *dst = d->slot[s], *mine = dst + (size_t)d->rank * sh * es;
+    if (d->side_ok) { /* one process: after the compute queue is done with the slot's last range */
+        op_wait_for(&d->side, d->ctx);
+        op_f32_to_act(&d->side, dst, d->master + d->loc[r], sh);
+        d->side_pending[s] = 1;
+        return;
+    }
     op_f32_to_act(d->ctx, mine, d->master + d->loc[r], sh);
     char e[QIE_ERR_LEN];
     int rc = coll_all_gather(e, d->coll, dst, mine, sh, d->ctx->act);
@@ -276,6 +306,10 @@ static const void *z3_acquire_(void *ud, int r, DitPhase ph) {
     int s = d->slot_r[0] == r ? 0 : d->slot_r[1] == r ? 1 : -1;
     if (s < 0) gather_(d, r, s = d->mru ^ 1);
     join_(d); /* the compute stream waits for the gather (an event, no host sync) */
+    if (d->side_pending[s]) {
+        op_wait_for(d->ctx, &d->side);
+        d->side_pending[s] = 0;
+    }
     /* prefetch the next range in the model's order (dit.h DitHook); the forward's last range is
      * the backward's first, so it stays where it is */
     const int nr = d->dit->lay.nranges, nx = ph == DIT_PHASE_FORWARD ? (r + 1 < nr ? r + 1 : -1) : r - 1;
@@ -284,8 +318,16 @@ static const void *z3_acquire_(void *ud, int r, DitPhase ph) {
     return d->slot[s];
 }
 
+static size_t gsize_(const Dist *d) { return dtype_size(d->gdt); }
+
 static float *z3_grad_begin_(void *ud, int r) {
     Dist *d = ud;
+    if (d->world == 1) { /* the shard is the range: f32 in place, or a slot rounded at grad_end */
+        if (d->gdt == QIE_DT_F32) return (float *)d->gshard + d->loc[r];
+        if (d->accumulate) op_act_to_f32(d->ctx, d->gslot[0], (char *)d->gshard + d->loc[r] * gsize_(d), rsize_(d, r));
+        else op_zero(d->ctx, d->gslot[0], rsize_(d, r) * sizeof(float));
+        return d->gslot[0];
+    }
     const int s = d->gnext;
     d->gnext ^= 1;
     if (d->gpend[s] >= 0) { /* the reduce-scatter still reading this slot must be done */
@@ -294,17 +336,23 @@ static float *z3_grad_begin_(void *ud, int r) {
     }
     op_zero(d->ctx, d->gslot[s], rsize_(d, r) * sizeof(float));
     if (d->accumulate) /* the running sum of earlier passes comes back through the reduce-scatter */
-        op_copy(d->ctx, d->gslot[s] + (size_t)d->rank * shsize_(d, r), d->gshard + d->loc[r], shsize_(d, r) * sizeof(float));
+        op_copy(d->ctx, d->gslot[s] + (size_t)d->rank * shsize_(d, r), (float *)d->gshard + d->loc[r],
+                shsize_(d, r) * sizeof(float));
     d->gcur = s;
     return d->gslot[s];
 }
 
 static void z3_grad_end_(void *ud, int r) {
     Dist *d = ud;
+    if (d->world == 1) {
+        if (d->gdt != QIE_DT_F32) op_f32_to_act(d->ctx, (char *)d->gshard + d->loc[r] * gsize_(d), d->gslot[0], rsize_(d, r));
+        return;
+    }
     d->gpend[d->gcur] = r;
     if (d->rc) return;
     char e[QIE_ERR_LEN];
-    int rc = coll_reduce_scatter(e, d->coll, d->gshard + d->loc[r], d->gslot[d->gcur], shsize_(d, r), QIE_DT_F32, COLL_SUM);
+    int rc = coll_reduce_scatter(e, d->coll, (float *)d->gshard + d->loc[r], d->gslot[d->gcur], shsize_(d, r), QIE_DT_F32,
+                                 COLL_SUM);
     if (rc) fail_(d, rc, e);
 }
 
@@ -331,7 +379,7 @@ void dst_step_begin(Dist *d) {
     d->accumulate = 0;
     d->reduced = 0;
     d->reduce_now = 0;
-    if (d->strat == TS_ZERO3) op_zero(d->ctx, d->gshard, d->nloc * sizeof(float)); /* a step with no pass */
+    if (d->strat == TS_ZERO3) op_zero(d->ctx, d->gshard, d->nloc * gsize_(d)); /* a step with no pass */
 }
 
 int dst_after_update(char *err, Dist *d) {
@@ -440,7 +488,15 @@ int dst_init(char *err, Dist *d, const TrainConfig *c, OpCtx *ctx, Dit *dit) {
         d->loc[k] = d->nloc;
         d->nloc += d->segs[k].end - d->segs[k].start;
     }
+    d->gdt = QIE_DT_F32;
     if (d->strat == TS_NONE) return 0;
+    if (d->world == 1 && d->strat == TS_ZERO3) { /* no collective at all (header: one process) */
+        int rc = opctx_fork(err, &d->side, ctx);
+        if (rc) return rc;
+        d->side_ok = 1;
+        if (c->grad_compute_dtype) d->gdt = ctx->act;
+        goto hooks;
+    }
     CollConfig cc = {
         .backend = ctx->dev == QIE_DEV_CUDA ? COLL_NCCL : COLL_CPU,
         .world = c->world,
@@ -458,15 +514,17 @@ int dst_init(char *err, Dist *d, const TrainConfig *c, OpCtx *ctx, Dit *dit) {
         return rc;
     }
     d->dscratch = op_alloc(ctx, 3 * DIT_MAX_WORLD * sizeof(float));
+hooks:;
     DitHook h = {.ud = d};
     if (d->strat == TS_ZERO3) {
         for (int r = 0; r < lay->nranges; r++)
             if (lay->ranges[r].size > d->maxrange) d->maxrange = lay->ranges[r].size;
+        const int ngslots = d->world > 1 ? 2 : d->gdt != QIE_DT_F32 ? 1 : 0;
         for (int s = 0; s < 2; s++) {
             d->slot[s] = op_alloc(ctx, d->maxrange * op_act_size(ctx));
-            d->gslot[s] = op_alloc(ctx, d->maxrange * sizeof(float));
+            if (s < ngslots) d->gslot[s] = op_alloc(ctx, d->maxrange * sizeof(float));
         }
-        d->gshard = op_alloc(ctx, d->nloc * sizeof(float));
+        d->gshard = op_alloc(ctx, d->nloc * gsize_(d));
         h.param_acquire = z3_acquire_;
         h.grad_begin = z3_grad_begin_;
         h.grad_end = z3_grad_end_;
@@ -475,8 +533,9 @@ int dst_init(char *err, Dist *d, const TrainConfig *c, OpCtx *ctx, Dit *dit) {
     }
     dit_set_hook(dit, &h);
     log_info0("distributed: %s on %d process(es), %s collectives; this rank holds %zu of %zu parameters' master and "
-              "moments%s", dst_strategy_name(d->strat), d->world, coll_backend_name(coll_backend(d->coll)), d->nloc,
-              lay->num_params, d->strat == TS_ZERO3 ? ", no resident bf16 weights (gathered per block)" : "");
+              "moments%s%s", dst_strategy_name(d->strat), d->world, d->coll ? coll_backend_name(coll_backend(d->coll)) : "no",
+              d->nloc, lay->num_params, d->strat == TS_ZERO3 ? ", no resident bf16 weights (made per block)" : "",
+              d->gdt != QIE_DT_F32 ? ", gradients in bf16" : "");
     return 0;
 }
 
@@ -488,6 +547,7 @@ void dst_free(Dist *d) {
     }
     op_free(d->ctx, d->gshard);
     op_free(d->ctx, d->dscratch);
+    if (d->side_ok) opctx_free(&d->side);
     if (d->dit) dit_set_hook(d->dit, NULL);
     coll_destroy(&d->coll);
     free(d->segs);

@@ -46,6 +46,7 @@ int main(int argc, char **argv) {
         {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
         {"distributed", CLI_STR, &df.distributed, "auto", "auto|none|ddp|zero2|zero3|fsdp (fsdp = zero3); auto: ddp with several processes, or what --use_deepspeed/--use_fsdp say", 0, 0},
         {"param_residency", CLI_STR, &df.param_residency, "full", "full: a resident bf16 copy of the weights; block: made per block from the fp32 master (zero3; on one process it selects zero3)", 0, 0},
+        {"gradient_dtype", CLI_STR, &df.gradient_dtype, "auto", "the step's gradient with --param_residency block on one process: bf16 (the reference's own bf16 weight gradients under autocast; 2 B/param less), fp32, or auto (bf16 when --gradient_accumulation_steps is 1)", 0, 0},
         {"init_weights", CLI_STR, &init_weights, NULL, "random: seeded random weights instead of loading them (benchmarks; needs only config.json)", 0, 0},
         {"final_save", CLI_BOOL, &final_save, "true", "write the final checkpoint and OUTPUT_DIR/transformer (false: benchmarks)", 0, 0},
         /* the reference's flags that qie-train implements */
@@ -58,6 +59,7 @@ int main(int argc, char **argv) {
         {"max_train_steps", CLI_INT, &c.max_train_steps, NULL, "optimizer steps (overrides the epochs)", 0, 1e15},
         {"gradient_accumulation_steps", CLI_INT, &c.gradient_accumulation_steps, "1", "micro-batches per optimizer step", 1, 1e6},
         {"gradient_checkpointing", CLI_BOOL, &c.gradient_checkpointing, "false", "recompute each DiT block in the backward", 0, 0},
+        {"recompute_attention", CLI_BOOL, &c.recompute_attention, "false", "with --gradient_checkpointing: recompute the attention too (false keeps each block's attention output, 2·S·D bytes per layer, and skips it in the recompute)", 0, 0},
         {"learning_rate", CLI_FLOAT, &c.learning_rate, "1e-4", "lr of the trainable_modules group", 0, 1e3},
         {"scale_lr", CLI_BOOL, &c.scale_lr, "false", "lr *= accumulation * batch * processes", 0, 0},
         {"lr_scheduler", CLI_STR, &lr_scheduler, "constant", "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial", 0, 0},

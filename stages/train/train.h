@@ -67,6 +67,7 @@ typedef struct {
     int64_t train_batch_size, gradient_accumulation_steps, num_train_epochs, max_train_steps; /* -1: none */
     int64_t seed;               /* -1: draw one */
     int gradient_checkpointing;
+    int recompute_attention;    /* with checkpointing: false keeps attention outputs (Dit.keep_attn) */
     CliStrs trainable_modules, trainable_modules_low_learning_rate;
     /* objective */
     int uniform_sampling;
@@ -87,6 +88,8 @@ typedef struct {
     TrainStrategy strategy;
     const char *strategy_name;  /* as the user asked for it (logs) */
     int param_residency_block;  /* --param_residency block: bf16 weights materialised per block */
+    int grad_compute_dtype;     /* --gradient_dtype: 1 = ZeRO-3 on one process keeps the step's gradient in the
+                                   compute dtype (bf16 on CUDA), 0 = f32 (dst_resolve decides "auto") */
     const char *master_addr;    /* rendezvous (NULL: 127.0.0.1) */
     int master_port;
     double rdzv_timeout_s, coll_timeout_s;
@@ -273,6 +276,7 @@ typedef struct {
     const char *fsdp_sharding_strategy;  /* FULL_SHARD|SHARD_GRAD_OP|NO_SHARD (or accelerate's 1|2|3) */
     const char *fsdp_layer_cls;          /* --fsdp_transformer_layer_cls_to_wrap */
     const char *param_residency;         /* full|block */
+    const char *gradient_dtype;          /* auto|fp32|bf16 */
 } DistFlags;
 /* Sets c->strategy, c->strategy_name, c->param_residency_block from the flags and c->world
  * (c->train_batch_size and c->gradient_accumulation_steps are checked against a DeepSpeed JSON). */
@@ -293,10 +297,14 @@ typedef struct {
     size_t *loc;               /* segment k's offset in the local (back to back) buffers */
     size_t nloc;               /* Σ segment lengths: the length of master, m, v */
     const float *master;       /* device f32 [nloc] (ZeRO-3 makes the bf16 weights from it) */
-    float *gshard;             /* ZeRO-3: device f32 [nloc], this rank's reduced gradient */
+    void *gshard;              /* ZeRO-3: device [nloc] of gdt, this rank's reduced gradient */
+    QieDtype gdt;              /* f32, or the compute dtype (one process, --gradient_dtype) */
     void *slot[2];             /* ZeRO-3: two gathered ranges, act */
     int slot_r[2], mru;
-    float *gslot[2];           /* ZeRO-3: two range gradients being computed / reduced, f32 */
+    OpCtx side;                /* ZeRO-3 on one process: the queue that makes the next range's weights */
+    int side_ok, side_pending[2];
+    float *gslot[2];           /* ZeRO-3: two range gradients being computed / reduced, f32 (one process:
+                                  none with an f32 shard, one with a compute-dtype shard) */
     int gpend[2], gcur, gnext;
     size_t maxrange;
     float *dscratch;           /* device f32 [3·DIT_MAX_WORLD] for host-side collectives */

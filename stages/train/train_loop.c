@@ -451,9 +451,11 @@ typedef struct {
     int samples;
 } StepInfo;
 
-/* the reduced gradient of a piece: in the full buffer (none/DDP/ZeRO-2), or ZeRO-3's shard */
-static float *grads_at_(const Trainer *t, const Piece *p) {
-    return t->dist.strat == TS_ZERO3 ? t->dist.gshard + p->loc : t->dit->grads + p->glob;
+/* the reduced gradient of a piece (of dtype t->dist.gdt): in the full buffer (none/DDP/ZeRO-2), or
+ * ZeRO-3's shard */
+static const void *grads_at_(const Trainer *t, const Piece *p) {
+    if (t->dist.strat == TS_ZERO3) return (const char *)t->dist.gshard + p->loc * dtype_size(t->dist.gdt);
+    return t->dit->grads + p->glob;
 }
 
 static int next_epoch_(char *err, Trainer *t) {
@@ -567,7 +569,7 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
             sq += op_global_norm_squared(&t->ctx, t->scratch, t->dit->grads + t->seg[i].off, t->seg[i].size);
     } else { /* Σ g² of this rank's shard, summed over the ranks */
         for (int i = 0; i < t->npc; i++)
-            sq += op_global_norm_squared(&t->ctx, t->scratch, grads_at_(t, &t->pc[i]), t->pc[i].n);
+            sq += op_global_norm_squared_dt(&t->ctx, t->scratch, grads_at_(t, &t->pc[i]), t->dist.gdt, t->pc[i].n);
         if ((rc = dst_sum_double(err, &t->dist, sq, &sq))) return rc;
     }
     double norm = sqrt(sq) * rescale;
@@ -608,11 +610,12 @@ static int step_(char *err, Trainer *t, StepInfo *si) {
                    gscale);
         /* ZeRO-3 keeps no bf16 copy: the next gather makes it from the master */
         void *params = t->dit->params ? (char *)t->dit->params + pc->glob * es : NULL;
-        op_adamw_update(&t->ctx, t->d_master + pc->loc, params, grads_at_(t, pc), t->d_m + pc->loc, t->d_v + pc->loc,
-                        pc->n, &a);
+        op_adamw_update_dt(&t->ctx, t->d_master + pc->loc, params, grads_at_(t, pc), t->dist.gdt, t->d_m + pc->loc,
+                           t->d_v + pc->loc, pc->n, &a);
     }
     if ((rc = dst_after_update(err, &t->dist))) return rc; /* ZeRO-2: every rank's new weights */
-    op_sync(&t->ctx);
+    /* no stream sync here: the next step's host work (samples, draws, text) overlaps this update;
+     * its first upload waits for it */
     t->st.global_step++;
     si->coef = coef;
     si->clip_threshold = thr;
@@ -686,6 +689,7 @@ static int load_model_(char *err, Trainer *t) {
     /* ZeRO-3 never holds the whole model: no resident bf16 weights nor f32 gradients */
     unsigned flags = c->strategy == TS_ZERO3 ? DIT_CREATE_NO_PARAMS | DIT_CREATE_NO_GRADS : 0;
     if ((rc = dit_create2(err, &t->ctx, &dc, 1, c->gradient_checkpointing, flags, &t->dit))) return rc;
+    t->dit->keep_attn = c->gradient_checkpointing && !c->recompute_attention;
     if (c->init_weights) return 0; /* made per shard later (random_weights_) */
     size_t n = t->dit->lay.num_params;
     if (!(t->h_full = calloc(n, sizeof(float)))) return QIE_ENOMEM;
@@ -862,9 +866,9 @@ static void log_step_(Trainer *t, const StepInfo *si) {
         fprintf(t->jsonl,
                 "{\"step\":%lld,\"epoch\":%lld,\"loss\":%.8g,\"lr\":%.8g,\"grad_norm\":%.8g,\"max_grad_norm\":%.8g,"
                 "\"clip_coef\":%.8g,\"samples\":%d,\"samples_per_s\":%.4g,\"step_s\":%.4g,\"model_tflops\":%.4g,"
-                "\"time\":%.3f}\n",
+                "\"peak_mem_gib\":%.3f,\"time\":%.3f}\n",
                 (long long)s, (long long)t->st.epoch, si->loss, si->lr, si->norm, si->clip_threshold, si->coef, si->samples,
-                sps, si->seconds, si->tflops, wall);
+                sps, si->seconds, si->tflops, op_mem_peak() / 1073741824.0, wall);
         fflush(t->jsonl);
     }
 }
@@ -1041,8 +1045,9 @@ int train_run(char *err, const TrainConfig *c) {
         if (c->rank == 0) rc = ckpt_save_weights_merged(err, p, t->last_ckpt, c->max_shard_size);
         if ((rc = dst_agree(err, &t->dist, rc))) goto done;
     }
-    log_info0("done: %lld step(s) in %.1f s, loss %.4g -> %.4g; weights in %s", (long long)(t->st.global_step - start),
-              progress_now() - run_t0, first_loss, last_loss, p);
+    log_info0("done: %lld step(s) in %.1f s, loss %.4g -> %.4g; weights in %s; peak %s memory held by qie %.2f GiB",
+              (long long)(t->st.global_step - start), progress_now() - run_t0, first_loss, last_loss, p,
+              opctx_device_name(&t->ctx), op_mem_peak() / 1073741824.0);
 done:
     trainer_free_(t);
     return rc;

@@ -110,7 +110,7 @@ static void ops_breakdown_(OpCtx *c, int S, int reps) {
 }
 
 int main(int argc, char **argv) {
-    int layers = 8, res = 1024, txt = 256, steps = 6, warm = 2, ckpt = 1, ops = 0, opt = 1;
+    int layers = 8, res = 1024, txt = 256, steps = 6, warm = 2, ckpt = 1, ops = 0, opt = 1, keep_attn = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
@@ -119,8 +119,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--no-ckpt")) ckpt = 0;
         else if (!strcmp(argv[i], "--ops")) ops = 1;
         else if (!strcmp(argv[i], "--no-optimizer")) opt = 0;
+        else if (!strcmp(argv[i], "--recompute-attention")) keep_attn = 0;
         else {
-            fprintf(stderr, "usage: bench_dit [--layers 8] [--res 1024] [--txt 256] [--steps 6] [--no-ckpt] [--no-optimizer] [--ops]\n");
+            fprintf(stderr, "usage: bench_dit [--layers 8] [--res 1024] [--txt 256] [--steps 6] [--no-ckpt] [--no-optimizer] [--recompute-attention] [--ops]\n");
             return 2;
         }
     }
@@ -138,6 +139,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    m->keep_attn = ckpt && keep_attn; /* as qie-train runs by default */
     const size_t cap = 64u << 20;
     float *scratch = op_alloc(&c, cap * sizeof(float));
     /* random weights: N(0, 0.02²); RMSNorm gains 1 + N(0, 0.02²) would not change the timing */
@@ -188,11 +190,11 @@ int main(int argc, char **argv) {
     }
     qsort(times + warm, steps, sizeof(double), cmp_d_);
     const double med = times[warm + steps / 2], fl = 3.0 * dit_flops_forward(&m->cfg, &sh);
-    printf("{\"impl\": \"qie-dit\", \"optimizer\": %s, \"layers\": %d, \"grad_ckpt\": %s, \"text_mask\": true, \"res\": %d, \"n_src\": 1, "
+    printf("{\"impl\": \"qie-dit\", \"keep_attn\": %d, \"optimizer\": %s, \"layers\": %d, \"grad_ckpt\": %s, \"text_mask\": true, \"res\": %d, \"n_src\": 1, "
            "\"txt\": %d, \"tokens\": %zu, \"step_s_median\": %.4f, \"step_s_min\": %.4f, \"model_tflops\": %.1f, "
            "\"step_s_per_layer\": %.5f, \"peak_mem_gib\": %.2f, \"params_gib\": %.2f, \"grads_gib\": %.2f, "
            "\"activations_gib\": %.2f}\n",
-           opt ? "\"adamw-fp32-master\"" : "null", layers, ckpt ? "true" : "false", res, txt, n_img + txt, med, times[warm], fl / med / 1e12, med / layers,
+           m->keep_attn, opt ? "\"adamw-fp32-master\"" : "null", layers, ckpt ? "true" : "false", res, txt, n_img + txt, med, times[warm], fl / med / 1e12, med / layers,
            (peak - mem0) / 1073741824.0, m->lay.num_params * 2 / 1073741824.0, m->lay.num_params * 4 / 1073741824.0,
            dit_activation_bytes(m) / 1073741824.0);
     op_free(&c, master);
