@@ -20,6 +20,7 @@ void op_download_act_cuda_(OpCtx *c, float *h_dst, const void *d_src, size_t n);
 void op_copy_cuda_(OpCtx *c, void *dst, const void *src, size_t bytes, int kind);
 void op_act_to_f32_cuda_(OpCtx *c, float *dst, const void *src, size_t n);
 void op_f32_to_act_cuda_(OpCtx *c, void *dst, const float *src, size_t n);
+void op_f32_to_act_clear_cuda_(OpCtx *c, void *dst, float *src, size_t n);
 int opctx_fork_cuda_(char *err, OpCtx *side);
 void op_wait_for_cuda_(OpCtx *waiter, OpCtx *from);
 #define IS_CUDA(c) ((c)->dev == QIE_DEV_CUDA)
@@ -245,4 +246,13 @@ void op_f32_to_act(OpCtx *c, void *dst, const float *src, size_t n) {
 #endif
     (void)c;
     memmove(dst, src, n * sizeof(float));
+}
+
+void op_f32_to_act_clear(OpCtx *c, void *dst, float *src, size_t n) {
+#ifdef QIE_CUDA
+    if (IS_CUDA(c)) { op_f32_to_act_clear_cuda_(c, dst, src, n); return; }
+#endif
+    (void)c;
+    memmove(dst, src, n * sizeof(float));
+    memset(src, 0, n * sizeof(float));
 }

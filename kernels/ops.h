@@ -79,6 +79,9 @@ void op_copy(OpCtx *c, void *dst, const void *src, size_t bytes);
 /* device act <-> device f32 */
 void op_act_to_f32(OpCtx *c, float *dst, const void *src, size_t n);
 void op_f32_to_act(OpCtx *c, void *dst, const float *src, size_t n);
+/* dst (act) = src, then src = 0 (disjoint buffers): a gradient slot handed on and made ready for
+ * the next range in one pass. */
+void op_f32_to_act_clear(OpCtx *c, void *dst, float *src, size_t n);
 
 /* ---- matmul (kernels/matmul.{c,cu}) ----
  * out[M,N] = inp[M,K] · w[N,K]ᵀ + bias[N]   (bias may be NULL; act in, act out). */
