@@ -105,14 +105,22 @@ static void *param_(const Dit *m, int layer, int t) {
     return at_(m, m->rp[r], m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset - m->lay.ranges[r].offset);
 }
 
-static float *grad_(const Dit *m, int layer, int t) {
+/* the dtype of the gradients of a layer's range: the hook's (grads_act: the compute dtype) or f32 */
+static QieDtype gdt_(const Dit *m, int layer) {
+    const int r = dit_range_of_layer(&m->lay, layer);
+    return m->rg[r] && m->hook.grads_act ? m->ctx->act : QIE_DT_F32;
+}
+
+static void *grad_(const Dit *m, int layer, int t) {
     const int r = dit_range_of_layer(&m->lay, layer);
     if (!m->rg[r]) return dit_grad(m, layer, t);
-    return m->rg[r] + (m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset - m->lay.ranges[r].offset);
+    const size_t rel = m->lay.tensors[dit_tensor_index(&m->lay, layer, t)].offset - m->lay.ranges[r].offset;
+    return (char *)m->rg[r] + rel * dtype_size(gdt_(m, layer));
 }
 
 #define P(l, t) param_(m, (l), (t))
 #define G(l, t) grad_(m, (l), (t))
+#define GD(l) gdt_(m, (l))
 
 /* hook brackets (no-ops without a hook) */
 static void acquire_(Dit *m, int r, DitPhase ph) {
@@ -535,16 +543,16 @@ static void block_backward_(Dit *m, int l, BlockActs *b) {
         void *dmod = a->d_mod[s];
         /* h' = hm + gate2·mlp(LN2(hm)·(1+scale2)+shift2) */
         op_gate_residual_backward(c, a->d_y, at_(m, dmod, 5 * D), a->dh[s], t->mm, at_(m, t->mod, 5 * D), &am);
-        op_matmul_backward(c, a->d_u, G(l, fc2[s]), G(l, fc2[s] + 1), a->d_y, t->g, P(l, fc2[s]), R, 4 * D, D);
+        op_matmul_backward_g(c, a->d_u, G(l, fc2[s]), G(l, fc2[s] + 1), GD(l), a->d_y, t->g, P(l, fc2[s]), R, 4 * D, D);
         op_gelu_tanh_backward(c, a->d_u, a->d_u, t->u, (size_t)R * 4 * D);
-        op_matmul_backward(c, a->dA, G(l, fc1[s]), G(l, fc1[s] + 1), a->d_u, t->a2, P(l, fc1[s]), R, D, 4 * D);
+        op_matmul_backward_g(c, a->dA, G(l, fc1[s]), G(l, fc1[s] + 1), GD(l), a->d_u, t->a2, P(l, fc1[s]), R, D, 4 * D);
         op_layernorm_modulate_backward(c, a->dh[s], at_(m, dmod, 3 * D), at_(m, dmod, 4 * D), a->dA, t->hm,
                                        t->ln2_mean, t->ln2_rstd, at_(m, t->mod, 4 * D), &am);
         /* hm = h + gate1·out_proj(O rows of this stream) */
         op_gate_residual_backward(c, a->d_y, at_(m, dmod, 2 * D), a->dh[s], t->y, at_(m, t->mod, 2 * D), &am);
         for (int bb = 0; bb < B; bb++)
-            op_matmul_backward(c, at_(m, a->dO, ((size_t)bb * S + off) * D), G(l, ow[s]), G(l, ow[s] + 1),
-                               at_(m, a->d_y, (size_t)bb * N * D), at_(m, b->O, ((size_t)bb * S + off) * D),
+            op_matmul_backward_g(c, at_(m, a->dO, ((size_t)bb * S + off) * D), G(l, ow[s]), G(l, ow[s] + 1), GD(l),
+                                 at_(m, a->d_y, (size_t)bb * N * D), at_(m, b->O, ((size_t)bb * S + off) * D),
                                P(l, ow[s]), N, D, D);
     }
     op_attention_backward(c, a->dQ, a->dK, a->dV, a->dO, b->Q, b->K, b->V, b->O, b->lse, a->key_valid, B, S, H, d);
@@ -553,13 +561,13 @@ static void block_backward_(Dit *m, int l, BlockActs *b) {
         const AdaMod am = stream_mod_(m, s);
         const int R = B * a->N[s], Bm = s ? B : a->Bm;
         void *dmod = a->d_mod[s];
-        op_qkv_norm_rope_backward(c, a->d_qkv, G(l, nq[s]), G(l, nk[s]), a->dQ, a->dK, a->dV, t->qkv, t->qk_rstd,
+        op_qkv_norm_rope_backward_g(c, a->d_qkv, G(l, nq[s]), G(l, nk[s]), GD(l), a->dQ, a->dK, a->dV, t->qkv, t->qk_rstd,
                                   P(l, nq[s]), P(l, nk[s]), a->cs[s], B, a->N[s], H, d, S, s ? 0 : a->N[1]);
-        op_matmul_backward(c, a->dA, G(l, qkv_w[s]), G(l, qkv_b[s]), a->d_qkv, t->a1, P(l, qkv_w[s]), R, D, 3 * D);
+        op_matmul_backward_g(c, a->dA, G(l, qkv_w[s]), G(l, qkv_b[s]), GD(l), a->d_qkv, t->a1, P(l, qkv_w[s]), R, D, 3 * D);
         op_layernorm_modulate_backward(c, a->dh[s], dmod, at_(m, dmod, D), a->dA, a->h[s][l], t->ln1_mean,
                                        t->ln1_rstd, at_(m, t->mod, D), &am);
         /* every chunk of d_mod is now written: back through img_mod.1 / txt_mod.1 into d SiLU(temb) */
-        op_matmul_backward(c, a->d_tmp, G(l, mod_w[s]), G(l, mod_w[s] + 1), dmod, a->stemb, P(l, mod_w[s]), Bm, D,
+        op_matmul_backward_g(c, a->d_tmp, G(l, mod_w[s]), G(l, mod_w[s] + 1), GD(l), dmod, a->stemb, P(l, mod_w[s]), Bm, D,
                            6 * D);
         op_add_inplace(c, a->d_stemb, a->d_tmp, (size_t)Bm * D);
     }
@@ -647,12 +655,12 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     /* output head */
     acquire_(m, L + 1, DIT_PHASE_BACKWARD);
     grad_begin_(m, L + 1);
-    op_matmul_backward(c, a->d_aout, G(L, DIT_PROJ_OUT_W), G(L, DIT_PROJ_OUT_B), d_out, a->a_out, P(L, DIT_PROJ_OUT_W),
+    op_matmul_backward_g(c, a->d_aout, G(L, DIT_PROJ_OUT_W), G(L, DIT_PROJ_OUT_B), GD(L), d_out, a->a_out, P(L, DIT_PROJ_OUT_W),
                        Ri, D, cf->out_dim);
     const AdaMod mo = {B, a->N[0], D, 1, a->N[0], 2 * D};
     op_layernorm_modulate_backward(c, a->dh[0], at_(m, a->d_modout, D), a->d_modout, a->d_aout, a->h[0][L],
                                    a->lno_mean, a->lno_rstd, a->mod_out, &mo);
-    op_matmul_backward(c, a->d_tmp, G(L, DIT_NORM_OUT_W), G(L, DIT_NORM_OUT_B), a->d_modout, a->stemb,
+    op_matmul_backward_g(c, a->d_tmp, G(L, DIT_NORM_OUT_W), G(L, DIT_NORM_OUT_B), GD(L), a->d_modout, a->stemb,
                        P(L, DIT_NORM_OUT_W), B, D, 2 * D);
     op_add_inplace(c, a->d_stemb, a->d_tmp, (size_t)B * D);
     grad_end_(m, L + 1);
@@ -671,18 +679,18 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     acquire_(m, 0, DIT_PHASE_BACKWARD);
     grad_begin_(m, 0);
     op_silu_backward(c, a->d_temb, a->d_stemb, a->temb, (size_t)a->Bm * D);
-    op_matmul_backward(c, a->d_t1s, G(-1, DIT_T_LIN2_W), G(-1, DIT_T_LIN2_B), a->d_temb, a->t1s, P(-1, DIT_T_LIN2_W),
+    op_matmul_backward_g(c, a->d_t1s, G(-1, DIT_T_LIN2_W), G(-1, DIT_T_LIN2_B), GD(-1), a->d_temb, a->t1s, P(-1, DIT_T_LIN2_W),
                        a->Bm, D, D);
     op_silu_backward(c, a->d_t1s, a->d_t1s, a->t1, (size_t)a->Bm * D);
-    op_matmul_backward(c, NULL, G(-1, DIT_T_LIN1_W), G(-1, DIT_T_LIN1_B), a->d_t1s, a->sinus, P(-1, DIT_T_LIN1_W),
+    op_matmul_backward_g(c, NULL, G(-1, DIT_T_LIN1_W), G(-1, DIT_T_LIN1_B), GD(-1), a->d_t1s, a->sinus, P(-1, DIT_T_LIN1_W),
                        a->Bm, QIE_TSTEP_CH, D);
     /* text input */
-    op_matmul_backward(c, a->d_txtn, G(-1, DIT_TXT_IN_W), G(-1, DIT_TXT_IN_B), a->dh[1], a->txtn, P(-1, DIT_TXT_IN_W),
+    op_matmul_backward_g(c, a->d_txtn, G(-1, DIT_TXT_IN_W), G(-1, DIT_TXT_IN_B), GD(-1), a->dh[1], a->txtn, P(-1, DIT_TXT_IN_W),
                        Rt, cf->joint_dim, D);
-    op_rmsnorm_backward(c, d_txt, G(-1, DIT_TXT_NORM_W), a->d_txtn, a->txt, a->txt_rstd, P(-1, DIT_TXT_NORM_W), Rt,
+    op_rmsnorm_backward_g(c, d_txt, G(-1, DIT_TXT_NORM_W), GD(-1), a->d_txtn, a->txt, a->txt_rstd, P(-1, DIT_TXT_NORM_W), Rt,
                         cf->joint_dim);
     /* image input */
-    op_matmul_backward(c, d_x, G(-1, DIT_IMG_IN_W), G(-1, DIT_IMG_IN_B), a->dh[0], a->x, P(-1, DIT_IMG_IN_W), Ri,
+    op_matmul_backward_g(c, d_x, G(-1, DIT_IMG_IN_W), G(-1, DIT_IMG_IN_B), GD(-1), a->dh[0], a->x, P(-1, DIT_IMG_IN_W), Ri,
                        cf->in_channels, D);
     grad_end_(m, 0);
     release_(m, 0, DIT_PHASE_BACKWARD);

@@ -168,9 +168,12 @@ typedef struct {
      * at (lay.tensors[k].offset - lay.ranges[r].offset) elements. Valid until release(r). */
     const void *(*param_acquire)(void *ud, int r, DitPhase ph);
     void (*param_release)(void *ud, int r, DitPhase ph);
-    /* f32 memory, same relative layout, that range r's gradients ACCUMULATE into during this
-     * backward (the provider zeroes or preloads it). Valid until grad_end(r). */
-    float *(*grad_begin)(void *ud, int r);
+    /* memory of the same relative layout that range r's gradients ACCUMULATE into during this
+     * backward (the provider zeroes or preloads it): f32, or the compute dtype when grads_act is
+     * set (bf16 on CUDA: fp32 accumulation inside each op, one rounding per op). Valid until
+     * grad_end(r). */
+    void *(*grad_begin)(void *ud, int r);
+    int grads_act;
     void (*grad_end)(void *ud, int r); /* range r's gradients of this backward are complete */
 } DitHook;
 
@@ -189,7 +192,7 @@ typedef struct {
     struct DitActs *acts;       /* activation arena (dit.c) */
     DitHook hook;               /* dit_set_hook; zeroed: resident buffers */
     const void **rp;            /* [L+2] range bases handed out by hook.param_acquire (dit.c) */
-    float **rg;                 /* [L+2] range bases handed out by hook.grad_begin */
+    void **rg;                  /* [L+2] range bases handed out by hook.grad_begin */
 } Dit;
 
 #define DIT_CREATE_NO_PARAMS 1u /* dit_create2: no resident params (a hook provides every range) */

@@ -3,8 +3,8 @@
 // spec/model.md 1.11). Two stages, no atomics, so the result does not depend on scheduling:
 //   1. colreduce_partial_kernel1: block (32 columns x 8 token lanes) sums a chunk of tokens of one
 //      group into partial[chunk][group][col] (two sums at once: F returns float2);
-//   2. colreduce_final_kernel1: sums the chunks in order and writes bf16 (overwrite) or adds into
-//      f32 (accumulate).
+//   2. colreduce_final_kernel1: sums the chunks in order and writes bf16 (overwrite), adds into
+//      f32 (accumulate), or with bacc adds into bf16 (a weight gradient kept in bf16).
 // A group g is modulation row g of an AdaMod (tokens of sample g % B, of set g / B), or, with
 // AdaMod {1, rows, dim, 1, ...}, all rows at once.
 #ifndef QIE_KERNELS_COLREDUCE_CUH
@@ -51,9 +51,10 @@ __global__ void colreduce_partial_kernel1(float2 *part, F f, AdaMod m, int group
     }
 }
 
-// out0/out1: bf16 rows of stride ld (overwrite) when acc0/acc1 are NULL; else acc0/acc1 f32 (+=).
+// out0/out1: bf16 rows of stride ld (overwrite, or += with bacc) when acc0/acc1 are NULL; else
+// acc0/acc1 f32 (+=).
 static __global__ void colreduce_final_kernel1(__nv_bfloat16 *out0, __nv_bfloat16 *out1, float *acc0, float *acc1, int ld,
-                                        const float2 *part, int groups, int D, int nchunks) {
+                                        const float2 *part, int groups, int D, int nchunks, int bacc) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= groups * D) return;
     int g = i / D, col = i % D;
@@ -64,15 +65,15 @@ static __global__ void colreduce_final_kernel1(__nv_bfloat16 *out0, __nv_bfloat1
         s.y += v.y;
     }
     if (acc0) acc0[(size_t)g * ld + col] += s.x;
-    else if (out0) out0[(size_t)g * ld + col] = __float2bfloat16_rn(s.x);
+    else if (out0) out0[(size_t)g * ld + col] = __float2bfloat16_rn(bacc ? __bfloat162float(out0[(size_t)g * ld + col]) + s.x : s.x);
     if (acc1) acc1[(size_t)g * ld + col] += s.y;
-    else if (out1) out1[(size_t)g * ld + col] = __float2bfloat16_rn(s.y);
+    else if (out1) out1[(size_t)g * ld + col] = __float2bfloat16_rn(bacc ? __bfloat162float(out1[(size_t)g * ld + col]) + s.y : s.y);
 }
 
 // Runs both stages on stream s with a stream-ordered scratch buffer.
 template <class F>
 static void colreduce_(cudaStream_t s, F f, const AdaMod &m, __nv_bfloat16 *out0, __nv_bfloat16 *out1, float *acc0,
-                       float *acc1, int ld) {
+                       float *acc1, int ld, int bacc = 0) {
     int groups = m.sets * m.B, nchunks = (m.N + COLRED_CHUNK - 1) / COLRED_CHUNK;
     if (nchunks < 1) nchunks = 1;
     float2 *part;
@@ -82,7 +83,7 @@ static void colreduce_(cudaStream_t s, F f, const AdaMod &m, __nv_bfloat16 *out0
     colreduce_partial_kernel1<<<grid, block, 0, s>>>(part, f, m, groups);
     CUDA_CHECK(cudaGetLastError());
     int n = groups * m.D;
-    colreduce_final_kernel1<<<(n + 255) / 256, 256, 0, s>>>(out0, out1, acc0, acc1, ld, part, groups, m.D, nchunks);
+    colreduce_final_kernel1<<<(n + 255) / 256, 256, 0, s>>>(out0, out1, acc0, acc1, ld, part, groups, m.D, nchunks, bacc);
     CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaFreeAsync(part, s));
 }

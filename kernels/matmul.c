@@ -51,9 +51,15 @@ void op_matmul(OpCtx *c, void *out, const void *inp, const void *w, const void *
 
 void op_matmul_backward(OpCtx *c, void *d_inp, float *d_w, float *d_bias, const void *d_out, const void *inp,
                         const void *w, int M, int K, int N) {
+    op_matmul_backward_g(c, d_inp, d_w, d_bias, QIE_DT_F32, d_out, inp, w, M, K, N);
+}
+
+void op_matmul_backward_g(OpCtx *c, void *d_inp, void *d_w, void *d_bias, QieDtype gdt, const void *d_out,
+                          const void *inp, const void *w, int M, int K, int N) {
 #ifdef QIE_CUDA
-    if (c->dev == QIE_DEV_CUDA) { matmul_backward(c, d_inp, d_w, d_bias, d_out, inp, w, M, K, N); return; }
+    if (c->dev == QIE_DEV_CUDA) { matmul_backward(c, d_inp, d_w, d_bias, gdt, d_out, inp, w, M, K, N); return; }
 #endif
     (void)c;
+    op_cpu_grads_f32(gdt, "op_matmul_backward");
     matmul_backward_cpu(d_inp, d_w, d_bias, d_out, inp, w, M, K, N);
 }

@@ -72,13 +72,16 @@ extern "C" void matmul_forward(OpCtx *c, void *out, const void *inp, const void 
     matmul_gemm(c, M, N, K, 1.0f, inp, K, 0, w, K, 1, NULL, N, 0.0f, out, N, 0, bias);
 }
 
-extern "C" void matmul_backward(OpCtx *c, void *d_inp, float *d_w, float *d_bias, const void *d_out, const void *inp,
-                                const void *w, int M, int K, int N) {
+// d_w, d_bias f32, or bf16 (gdt): a bf16 d_w is C and D of the GEMM with beta 1 (fp32 accumulation,
+// one rounding), a bf16 d_bias the column sum added in fp32 and rounded.
+extern "C" void matmul_backward(OpCtx *c, void *d_inp, void *d_w, void *d_bias, QieDtype gdt, const void *d_out,
+                                const void *inp, const void *w, int M, int K, int N) {
+    const int f32 = gdt == QIE_DT_F32;
     if (d_inp) matmul_gemm(c, M, K, N, 1.0f, d_out, N, 0, w, K, 0, NULL, K, 0.0f, d_inp, K, 0, NULL);
-    if (d_w) matmul_gemm(c, N, K, M, 1.0f, d_out, N, 1, inp, K, 0, NULL, K, 1.0f, d_w, K, 1, NULL);
+    if (d_w) matmul_gemm(c, N, K, M, 1.0f, d_out, N, 1, inp, K, 0, f32 ? NULL : d_w, K, 1.0f, d_w, K, f32, NULL);
     if (d_bias && M > 0) {
         const AdaMod all = {1, M, N, 1, M, N};
-        colreduce_((cudaStream_t)c->stream, BiasGrad{(const __nv_bfloat16 *)d_out, N}, all, nullptr, nullptr, d_bias,
-                   nullptr, N);
+        colreduce_((cudaStream_t)c->stream, BiasGrad{(const __nv_bfloat16 *)d_out, N}, all,
+                   f32 ? nullptr : (__nv_bfloat16 *)d_bias, nullptr, f32 ? (float *)d_bias : nullptr, nullptr, N, !f32);
     }
 }

@@ -15,7 +15,7 @@ void matmul_backward_cpu(float *d_inp, float *d_w, float *d_bias, const float *d
                          int M, int K, int N);
 #ifdef QIE_CUDA
 void matmul_forward(OpCtx *c, void *out, const void *inp, const void *w, const void *bias, int M, int K, int N);
-void matmul_backward(OpCtx *c, void *d_inp, float *d_w, float *d_bias, const void *d_out, const void *inp,
+void matmul_backward(OpCtx *c, void *d_inp, void *d_w, void *d_bias, QieDtype gdt, const void *d_out, const void *inp,
                      const void *w, int M, int K, int N);
 /* General bf16 GEMM with fp32 accumulation, row-major view (matmul, conv2d and the VAE attention):
  *   D[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C[M,N] (+ bias[N])

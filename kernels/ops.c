@@ -20,7 +20,6 @@ void op_download_act_cuda_(OpCtx *c, float *h_dst, const void *d_src, size_t n);
 void op_copy_cuda_(OpCtx *c, void *dst, const void *src, size_t bytes, int kind);
 void op_act_to_f32_cuda_(OpCtx *c, float *dst, const void *src, size_t n);
 void op_f32_to_act_cuda_(OpCtx *c, void *dst, const float *src, size_t n);
-void op_f32_to_act_clear_cuda_(OpCtx *c, void *dst, float *src, size_t n);
 int opctx_fork_cuda_(char *err, OpCtx *side);
 void op_wait_for_cuda_(OpCtx *waiter, OpCtx *from);
 #define IS_CUDA(c) ((c)->dev == QIE_DEV_CUDA)
@@ -144,6 +143,12 @@ const char *opctx_device_name(const OpCtx *c) { return c->dev == QIE_DEV_CUDA ? 
 
 size_t op_act_size(const OpCtx *c) { return dtype_size(c->act); }
 
+void op_cpu_grads_f32(QieDtype gdt, const char *op) {
+    if (gdt == QIE_DT_F32) return;
+    fprintf(stderr, "%s: the CPU backend takes f32 weight gradients, not %s\n", op, dtype_name(gdt));
+    abort();
+}
+
 void *op_alloc(OpCtx *c, size_t bytes) {
     if (!bytes) return NULL;
 #ifdef QIE_CUDA
@@ -248,11 +253,3 @@ void op_f32_to_act(OpCtx *c, void *dst, const float *src, size_t n) {
     memmove(dst, src, n * sizeof(float));
 }
 
-void op_f32_to_act_clear(OpCtx *c, void *dst, float *src, size_t n) {
-#ifdef QIE_CUDA
-    if (IS_CUDA(c)) { op_f32_to_act_clear_cuda_(c, dst, src, n); return; }
-#endif
-    (void)c;
-    memmove(dst, src, n * sizeof(float));
-    memset(src, 0, n * sizeof(float));
-}

@@ -85,41 +85,22 @@ __global__ void bf16_to_f32_kernel1(float *dst, const __nv_bfloat16 *src, size_t
 static unsigned grid_(size_t n) { return (unsigned)((n + 255) / 256); }
 
 // f32 -> bf16 in float4 steps over a grid-stride loop (any n: the tail element by element; any
-// alignment: element by element). clear: zero src after reading it. (A small grid on a forked
-// context, to leave the SMs to the GEMMs, was tried: at 16 blocks it was too slow to keep up with
-// the block it prefetches for, 0.28 -> 0.32 s per step at 1024², so every queue uses the full grid.)
-template <int clear>
-__global__ void f32_to_bf16_bg_kernel(__nv_bfloat16 *dst, float *src, size_t n) {
+// alignment: element by element).
+__global__ void f32_to_bf16_kernel4(__nv_bfloat16 *dst, const float *src, size_t n) {
     const size_t n4 = (((uintptr_t)src | (uintptr_t)dst) & 15) ? 0 : n / 4, stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
         float4 v = reinterpret_cast<const float4 *>(src)[i];
-        __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-        reinterpret_cast<__nv_bfloat162 *>(dst)[2 * i] = lo;
-        reinterpret_cast<__nv_bfloat162 *>(dst)[2 * i + 1] = hi;
-        if (clear) reinterpret_cast<float4 *>(src)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        reinterpret_cast<__nv_bfloat162 *>(dst)[2 * i] = __floats2bfloat162_rn(v.x, v.y);
+        reinterpret_cast<__nv_bfloat162 *>(dst)[2 * i + 1] = __floats2bfloat162_rn(v.z, v.w);
     }
-    for (size_t i = 4 * n4 + (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    for (size_t i = 4 * n4 + (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         dst[i] = __float2bfloat16_rn(src[i]);
-        if (clear) src[i] = 0.0f;
-    }
-}
-
-static unsigned conv_grid_(const OpCtx *c, size_t n) {
-    unsigned g = (unsigned)((n + 4 * 512 - 1) / (4 * 512));
-    unsigned cap = 4096;
-    (void)c;
-    return g < 1 ? 1 : g > cap ? cap : g;
 }
 
 extern "C" void op_f32_to_act_cuda_(OpCtx *c, void *dst, const float *src, size_t n) {
     if (!n) return;
-    f32_to_bf16_bg_kernel<0><<<conv_grid_(c, n), 512, 0, (cudaStream_t)c->stream>>>((__nv_bfloat16 *)dst, (float *)src, n);
-    CUDA_CHECK(cudaGetLastError());
-}
-
-extern "C" void op_f32_to_act_clear_cuda_(OpCtx *c, void *dst, float *src, size_t n) {
-    if (!n) return;
-    f32_to_bf16_bg_kernel<1><<<conv_grid_(c, n), 512, 0, (cudaStream_t)c->stream>>>((__nv_bfloat16 *)dst, src, n);
+    size_t g = (n + 4 * 512 - 1) / (4 * 512);
+    f32_to_bf16_kernel4<<<(unsigned)(g > 4096 ? 4096 : g), 512, 0, (cudaStream_t)c->stream>>>((__nv_bfloat16 *)dst, src, n);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -14,6 +14,7 @@
  *   - Linear weights are [out, in] (PyTorch order); tensors are row-major.
  *   - Weight/bias gradients are f32 and ACCUMULATE (+=): gradient accumulation and weights
  *     shared across uses come for free; callers zero them (op_zero) at the start of a step.
+ *     The "_g" forms take them in bf16 too (CUDA), still accumulated.
  *   - Input gradients (d_inp) are act and are OVERWRITTEN unless the op says otherwise.
  *   - Ops run asynchronously on ctx->stream on CUDA; op_sync waits. Ops return void and treat
  *     CUDA failures as fatal (check_cuda.h): after one the device state is unknown. */
@@ -67,6 +68,9 @@ void op_mem_reset_peak(void);
 void op_zero(OpCtx *c, void *p, size_t bytes);
 void op_sync(OpCtx *c);
 size_t op_act_size(const OpCtx *c); /* bytes per activation element */
+/* The CPU kernels take f32 weight gradients only (the CPU's compute dtype is f32, so the trainer
+ * never hands them another): anything else is a programming error, reported and fatal. */
+void op_cpu_grads_f32(QieDtype gdt, const char *op);
 
 /* Host f32 <-> device act (converting to/from bf16 on CUDA; round to nearest even). */
 void op_upload_act(OpCtx *c, void *d_dst, const float *h_src, size_t n);
@@ -79,9 +83,6 @@ void op_copy(OpCtx *c, void *dst, const void *src, size_t bytes);
 /* device act <-> device f32 */
 void op_act_to_f32(OpCtx *c, float *dst, const void *src, size_t n);
 void op_f32_to_act(OpCtx *c, void *dst, const float *src, size_t n);
-/* dst (act) = src, then src = 0 (disjoint buffers): a gradient slot handed on and made ready for
- * the next range in one pass. */
-void op_f32_to_act_clear(OpCtx *c, void *dst, float *src, size_t n);
 
 /* ---- matmul (kernels/matmul.{c,cu}) ----
  * out[M,N] = inp[M,K] · w[N,K]ᵀ + bias[N]   (bias may be NULL; act in, act out). */
@@ -92,6 +93,11 @@ void op_matmul(OpCtx *c, void *out, const void *inp, const void *w, const void *
  *   d_bias[N]   += Σ_rows d_out             (f32, accumulated) */
 void op_matmul_backward(OpCtx *c, void *d_inp, float *d_w, float *d_bias, const void *d_out, const void *inp,
                         const void *w, int M, int K, int N);
+/* The same with d_w and d_bias of dtype gdt: QIE_DT_F32, or (CUDA only) QIE_DT_BF16, accumulated
+ * in fp32 and rounded once per call (the trainer's bf16 gradient shard). The same "_g" form
+ * exists for every op with a weight gradient (op_rmsnorm_backward_g, op_qkv_norm_rope_backward_g). */
+void op_matmul_backward_g(OpCtx *c, void *d_inp, void *d_w, void *d_bias, QieDtype gdt, const void *d_out,
+                          const void *inp, const void *w, int M, int K, int N);
 
 /* ---- elementwise (kernels/elementwise.{c,cu}) ---- */
 void op_add(OpCtx *c, void *out, const void *a, const void *b, size_t n);      /* out = a + b */

@@ -43,9 +43,15 @@ void op_rmsnorm(OpCtx *c, void *out, float *rstd, const void *inp, const void *w
 
 void op_rmsnorm_backward(OpCtx *c, void *d_inp, float *d_w, const void *d_out, const void *inp, const float *rstd,
                          const void *w, int rows, int dim) {
+    op_rmsnorm_backward_g(c, d_inp, d_w, QIE_DT_F32, d_out, inp, rstd, w, rows, dim);
+}
+
+void op_rmsnorm_backward_g(OpCtx *c, void *d_inp, void *d_w, QieDtype gdt, const void *d_out, const void *inp,
+                           const float *rstd, const void *w, int rows, int dim) {
 #ifdef QIE_CUDA
-    if (c->dev == QIE_DEV_CUDA) { rmsnorm_backward(c, d_inp, d_w, d_out, inp, rstd, w, rows, dim); return; }
+    if (c->dev == QIE_DEV_CUDA) { rmsnorm_backward(c, d_inp, d_w, gdt, d_out, inp, rstd, w, rows, dim); return; }
 #endif
     (void)c;
+    op_cpu_grads_f32(gdt, "op_rmsnorm_backward");
     rmsnorm_backward_cpu(d_inp, d_w, d_out, inp, rstd, w, rows, dim);
 }

@@ -53,8 +53,8 @@ extern "C" void rmsnorm_forward(OpCtx *c, void *out, float *rstd, const void *in
     CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" void rmsnorm_backward(OpCtx *c, void *d_inp, float *d_w, const void *d_out, const void *inp, const float *rstd,
-                                 const void *w, int rows, int dim) {
+extern "C" void rmsnorm_backward(OpCtx *c, void *d_inp, void *d_w, QieDtype gdt, const void *d_out, const void *inp,
+                                 const float *rstd, const void *w, int rows, int dim) {
     cudaStream_t s = (cudaStream_t)c->stream;
     if (!rows) return;
     if (d_inp) {
@@ -64,7 +64,8 @@ extern "C" void rmsnorm_backward(OpCtx *c, void *d_inp, float *d_w, const void *
     }
     if (d_w) {
         AdaMod all = {1, rows, dim, 1, rows, dim};
-        colreduce_(s, RmsWGrad{(const bf16 *)d_out, (const bf16 *)inp, rstd, dim}, all, nullptr, nullptr, d_w, nullptr,
-                   dim);
+        const int f32 = gdt == QIE_DT_F32;
+        colreduce_(s, RmsWGrad{(const bf16 *)d_out, (const bf16 *)inp, rstd, dim}, all, f32 ? nullptr : (bf16 *)d_w,
+                   nullptr, f32 ? (float *)d_w : nullptr, nullptr, dim, !f32);
     }
 }

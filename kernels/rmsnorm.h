@@ -19,13 +19,16 @@ void op_rmsnorm(OpCtx *c, void *out, float *rstd, const void *inp, const void *w
 /* d_inp act (OVERWRITTEN); d_w f32 [dim] (ACCUMULATED), may be NULL. */
 void op_rmsnorm_backward(OpCtx *c, void *d_inp, float *d_w, const void *d_out, const void *inp, const float *rstd,
                          const void *w, int rows, int dim);
+/* d_w of dtype gdt (ops.h "_g"). */
+void op_rmsnorm_backward_g(OpCtx *c, void *d_inp, void *d_w, QieDtype gdt, const void *d_out, const void *inp,
+                           const float *rstd, const void *w, int rows, int dim);
 
 void rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const float *w, int rows, int dim);
 void rmsnorm_backward_cpu(float *d_inp, float *d_w, const float *d_out, const float *inp, const float *rstd,
                           const float *w, int rows, int dim);
 #ifdef QIE_CUDA
 void rmsnorm_forward(OpCtx *c, void *out, float *rstd, const void *inp, const void *w, int rows, int dim);
-void rmsnorm_backward(OpCtx *c, void *d_inp, float *d_w, const void *d_out, const void *inp, const float *rstd,
+void rmsnorm_backward(OpCtx *c, void *d_inp, void *d_w, QieDtype gdt, const void *d_out, const void *inp, const float *rstd,
                       const void *w, int rows, int dim);
 #endif
 

@@ -99,12 +99,19 @@ void op_qkv_norm_rope(OpCtx *c, void *Q, void *K, void *V, float *rstd, const vo
 void op_qkv_norm_rope_backward(OpCtx *c, void *d_qkv, float *d_wq, float *d_wk, const void *dQ, const void *dK,
                                const void *dV, const void *qkv, const float *rstd, const void *wq, const void *wk,
                                const float *cs, int B, int N, int H, int d, int S, int off) {
+    op_qkv_norm_rope_backward_g(c, d_qkv, d_wq, d_wk, QIE_DT_F32, dQ, dK, dV, qkv, rstd, wq, wk, cs, B, N, H, d, S, off);
+}
+
+void op_qkv_norm_rope_backward_g(OpCtx *c, void *d_qkv, void *d_wq, void *d_wk, QieDtype gdt, const void *dQ,
+                                 const void *dK, const void *dV, const void *qkv, const float *rstd, const void *wq,
+                                 const void *wk, const float *cs, int B, int N, int H, int d, int S, int off) {
 #ifdef QIE_CUDA
     if (c->dev == QIE_DEV_CUDA) {
-        qkv_norm_rope_backward(c, d_qkv, d_wq, d_wk, dQ, dK, dV, qkv, rstd, wq, wk, cs, B, N, H, d, S, off);
+        qkv_norm_rope_backward(c, d_qkv, d_wq, d_wk, gdt, dQ, dK, dV, qkv, rstd, wq, wk, cs, B, N, H, d, S, off);
         return;
     }
 #endif
     (void)c;
+    op_cpu_grads_f32(gdt, "op_qkv_norm_rope_backward");
     qkv_norm_rope_backward_cpu(d_qkv, d_wq, d_wk, dQ, dK, dV, qkv, rstd, wq, wk, cs, B, N, H, d, S, off);
 }

@@ -157,7 +157,8 @@ extern "C" void qkv_norm_rope_forward(OpCtx *c, void *Q, void *K, void *V, float
     CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" void qkv_norm_rope_backward(OpCtx *c, void *d_qkv, float *d_wq, float *d_wk, const void *dQ, const void *dK,
+extern "C" void qkv_norm_rope_backward(OpCtx *c, void *d_qkv, void *d_wq, void *d_wk, QieDtype gdt, const void *dQ,
+                                       const void *dK,
                                        const void *dV, const void *qkv, const float *rstd, const void *wq,
                                        const void *wk, const float *cs, int B, int N, int H, int d, int S, int off) {
     cudaStream_t s = (cudaStream_t)c->stream;
@@ -172,7 +173,9 @@ extern "C" void qkv_norm_rope_backward(OpCtx *c, void *d_qkv, float *d_wq, float
     CUDA_CHECK(cudaGetLastError());
     if (d_wq || d_wk) {
         AdaMod all = {1, B * N * H, d, 1, B * N * H, d};
-        colreduce_(s, QkWGrad{(const bf16 *)dQ, (const bf16 *)dK, (const bf16 *)qkv, rstd, cs, g}, all, nullptr,
-                   nullptr, d_wq, d_wk, d);
+        const int f32 = gdt == QIE_DT_F32;
+        colreduce_(s, QkWGrad{(const bf16 *)dQ, (const bf16 *)dK, (const bf16 *)qkv, rstd, cs, g}, all,
+                   f32 ? nullptr : (bf16 *)d_wq, f32 ? nullptr : (bf16 *)d_wk, f32 ? (float *)d_wq : nullptr,
+                   f32 ? (float *)d_wk : nullptr, d, !f32);
     }
 }

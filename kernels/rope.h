@@ -40,6 +40,10 @@ void op_qkv_norm_rope(OpCtx *c, void *Q, void *K, void *V, float *rstd, const vo
 void op_qkv_norm_rope_backward(OpCtx *c, void *d_qkv, float *d_wq, float *d_wk, const void *dQ, const void *dK,
                                const void *dV, const void *qkv, const float *rstd, const void *wq, const void *wk,
                                const float *cs, int B, int N, int H, int d, int S, int off);
+/* d_wq, d_wk of dtype gdt (ops.h "_g"). */
+void op_qkv_norm_rope_backward_g(OpCtx *c, void *d_qkv, void *d_wq, void *d_wk, QieDtype gdt, const void *dQ,
+                                 const void *dK, const void *dV, const void *qkv, const float *rstd, const void *wq,
+                                 const void *wk, const float *cs, int B, int N, int H, int d, int S, int off);
 
 void rope_forward_cpu(float *out, const float *inp, const float *cs, int B, int N, int H, int d, int inverse);
 void qkv_norm_rope_forward_cpu(float *Q, float *K, float *V, float *rstd, const float *qkv, const float *wq,
@@ -51,7 +55,7 @@ void qkv_norm_rope_backward_cpu(float *d_qkv, float *d_wq, float *d_wk, const fl
 void rope_forward(OpCtx *c, void *out, const void *inp, const float *cs, int B, int N, int H, int d, int inverse);
 void qkv_norm_rope_forward(OpCtx *c, void *Q, void *K, void *V, float *rstd, const void *qkv, const void *wq,
                            const void *wk, const float *cs, int B, int N, int H, int d, int S, int off);
-void qkv_norm_rope_backward(OpCtx *c, void *d_qkv, float *d_wq, float *d_wk, const void *dQ, const void *dK,
+void qkv_norm_rope_backward(OpCtx *c, void *d_qkv, void *d_wq, void *d_wk, QieDtype gdt, const void *dQ, const void *dK,
                             const void *dV, const void *qkv, const float *rstd, const void *wq, const void *wk,
                             const float *cs, int B, int N, int H, int d, int S, int off);
 #endif

@@ -34,10 +34,11 @@ for r in ${RES:-1024 512}; do
     kill $mp 2>/dev/null; wait $mp 2>/dev/null
     awk -v r="$r" -v x="$extra" -v rc=$rc -v smi="$(sort -n "$W/mem.txt" | tail -1)" -F'[:,}]' '
       { for (i = 1; i < NF; i++) { if ($i ~ /"step_s"/) s = $(i + 1); if ($i ~ /"model_tflops"/) f = $(i + 1);
-                                   if ($i ~ /"peak_mem_gib"/) pk = $(i + 1) }
+                                   if ($i ~ /"peak_mem_gib"/) pk = $(i + 1); if ($i ~ /"loss"/) l = $(i + 1) }
+        if (NR == 1) l0 = l
         if (NR > 2) { ss += s; ff += f; n++ } }
-      END { printf "qie-train %d² [%s] rc=%d: %.4f s/step, %.1f model TFLOP/s (%d steps), peak held %.2f GiB, nvidia-smi %.2f GiB\n",
-            r, x, rc, n ? ss / n : 0, n ? ff / n : 0, n, pk, smi / 1024 }' "$W/o/logs/metrics.jsonl" 2>/dev/null \
+      END { printf "qie-train %d² [%s] rc=%d: %.4f s/step, %.1f model TFLOP/s (%d steps), peak held %.2f GiB, nvidia-smi %.2f GiB, loss %s -> %s\n",
+            r, x, rc, n ? ss / n : 0, n ? ff / n : 0, n, pk, smi / 1024, l0, l }' "$W/o/logs/metrics.jsonl" 2>/dev/null \
       || echo "qie-train ${r}² [$extra] rc=$rc: no metrics"
     grep -E "error|distributed:|peak" "$W/t.log" | head -4 | sed 's/^/    /'
     cp "$W/t.log" "$out/train_${r}_$(echo "$extra" | tr -c 'a-z0-9' _).log"

@@ -783,6 +783,17 @@ static void test_dist_flags(void) {
     f.distributed = NULL;
     CHECK_RC(dst_resolve(err, &f, &c), err);
     CHECK(c.strategy == TS_NONE);
+    c.device = "cuda"; /* auto residency: block on one GPU unless --distributed says otherwise */
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_ZERO3 && c.param_residency_block, "one GPU: block by default");
+    f.distributed = "none";
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_NONE, "--distributed none keeps the resident weights");
+    f.distributed = NULL;
+    f.param_residency = "full";
+    CHECK_RC(dst_resolve(err, &f, &c), err);
+    CHECK(c.strategy == TS_NONE);
+    c.device = "cpu";
     f.param_residency = "block"; /* one process: zero3 with the weights made per block */
     CHECK_RC(dst_resolve(err, &f, &c), err);
     CHECK(c.strategy == TS_ZERO3 && c.param_residency_block);

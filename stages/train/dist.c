@@ -24,12 +24,12 @@
  *              slot, so the reduce-scatter adds it back.
  *   one process  ZeRO-3 at world 1 (--param_residency block) runs no collective: the next
  *              range's bf16 weights are made on a second queue (opctx_fork) while this range
- *              computes, and the gradient goes straight to the shard: f32 in place, or, with
- *              --gradient_dtype bf16 (auto: one micro-batch per step on CUDA), through one f32
- *              range slot rounded into a bf16 shard at grad_end (the rounding pass also clears the
- *              slot for the next range). Under autocast the reference's
- *              weight gradients are bf16 GEMM outputs widened into fp32 .grad, so for one
- *              micro-batch the bf16 shard holds the same values; it saves 2 B per parameter.
+ *              computes, and the gradient goes straight into the shard: f32, or, with
+ *              --gradient_dtype bf16 (auto: one micro-batch per step on CUDA), bf16 (DitHook
+ *              grads_act: every op accumulates in fp32 and rounds once into it). Under autocast the
+ *              reference's weight gradients are bf16 GEMM outputs widened into fp32 .grad, so for
+ *              one micro-batch the bf16 shard holds the same values; it saves 2 B per parameter.
+ *              (Several micro-batches add in bf16: auto keeps f32 for them.)
  *   lockstep   every rank must make the same collective calls. ZeRO-3 gathers inside every DiT
  *              pass, so a rank whose micro-batch has fewer DiT calls (skipped samples, several
  *              shape groups) runs idle passes: the hook sequence without the compute.
@@ -187,9 +187,13 @@ int dst_resolve(char *err, const DistFlags *f, TrainConfig *c) {
         }
         how = f->distributed;
     }
-    if (f->param_residency && strcmp(f->param_residency, "full")) {
-        if (strcmp(f->param_residency, "block")) {
-            qie_seterr(err, "--param_residency %s: not full or block", f->param_residency);
+    const char *res = f->param_residency ? f->param_residency : "auto";
+    if (!strcmp(res, "auto")) /* one GPU, nothing asked for: block (as fast as full, 9 GiB less at 8 layers) */
+        res = s == TS_NONE && c->world == 1 && !(f->distributed && strcmp(f->distributed, "auto")) && c->device &&
+                      !strncmp(c->device, "cuda", 4) ? "block" : "full";
+    if (strcmp(res, "full")) {
+        if (strcmp(res, "block")) {
+            qie_seterr(err, "--param_residency %s: not auto, full or block", f->param_residency);
             return QIE_EINVAL;
         }
         if (s == TS_NONE && c->world == 1) s = TS_ZERO3, how = "--param_residency block (zero3 on one process)";
@@ -321,13 +325,9 @@ static const void *z3_acquire_(void *ud, int r, DitPhase ph) {
 
 static size_t gsize_(const Dist *d) { return dtype_size(d->gdt); }
 
-static float *z3_grad_begin_(void *ud, int r) {
+static void *z3_grad_begin_(void *ud, int r) {
     Dist *d = ud;
-    if (d->world == 1) { /* the shard is the range: f32 in place, or a slot rounded after grad_end */
-        if (d->gdt == QIE_DT_F32) return (float *)d->gshard + d->loc[r];
-        if (d->accumulate) op_act_to_f32(d->ctx, d->gslot[0], (char *)d->gshard + d->loc[r] * gsize_(d), rsize_(d, r));
-        return d->gslot[0];
-    }
+    if (d->world == 1) return (char *)d->gshard + d->loc[r] * gsize_(d); /* the shard is the range */
     const int s = d->gnext;
     d->gnext ^= 1;
     if (d->gpend[s] >= 0) { /* the reduce-scatter still reading this slot must be done */
@@ -344,13 +344,7 @@ static float *z3_grad_begin_(void *ud, int r) {
 
 static void z3_grad_end_(void *ud, int r) {
     Dist *d = ud;
-    if (d->world == 1) {
-        /* on the compute queue: beside the next block's recompute it measured slower (0.28 -> 0.32 s
-         * per step at 1024² with a small side grid) */
-        if (d->gdt != QIE_DT_F32)
-            op_f32_to_act_clear(d->ctx, (char *)d->gshard + d->loc[r] * gsize_(d), d->gslot[0], rsize_(d, r));
-        return;
-    }
+    if (d->world == 1) return;
     d->gpend[d->gcur] = r;
     if (d->rc) return;
     char e[QIE_ERR_LEN];
@@ -522,15 +516,15 @@ hooks:;
     if (d->strat == TS_ZERO3) {
         for (int r = 0; r < lay->nranges; r++)
             if (lay->ranges[r].size > d->maxrange) d->maxrange = lay->ranges[r].size;
-        const int ngslots = d->world > 1 ? 2 : d->gdt != QIE_DT_F32 ? 1 : 0;
         for (int s = 0; s < 2; s++) {
             d->slot[s] = op_alloc(ctx, d->maxrange * op_act_size(ctx));
-            if (s < ngslots) d->gslot[s] = op_alloc(ctx, d->maxrange * sizeof(float));
+            if (d->world > 1) d->gslot[s] = op_alloc(ctx, d->maxrange * sizeof(float));
         }
         d->gshard = op_alloc(ctx, d->nloc * gsize_(d));
         h.param_acquire = z3_acquire_;
         h.grad_begin = z3_grad_begin_;
         h.grad_end = z3_grad_end_;
+        h.grads_act = d->gdt != QIE_DT_F32;
     } else {
         h.grad_end = reduce_grad_end_;
     }

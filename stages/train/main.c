@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
         {"progress", CLI_BOOL, &c.progress, "true", "progress line (terminal) or JSON progress lines on stderr", 0, 0},
         {"log_level", CLI_STR, &log_level, "info", "debug|info|warn|error|quiet", 0, 0},
         {"distributed", CLI_STR, &df.distributed, "auto", "auto|none|ddp|zero2|zero3|fsdp (fsdp = zero3); auto: ddp with several processes, or what --use_deepspeed/--use_fsdp say", 0, 0},
-        {"param_residency", CLI_STR, &df.param_residency, "full", "full: a resident bf16 copy of the weights; block: made per block from the fp32 master (zero3; on one process it selects zero3)", 0, 0},
+        {"param_residency", CLI_STR, &df.param_residency, "auto", "full: a resident bf16 copy of the weights; block: made per block from the fp32 master (zero3; on one process it selects zero3); auto: block on one GPU, else full", 0, 0},
         {"gradient_dtype", CLI_STR, &df.gradient_dtype, "auto", "the step's gradient with --param_residency block on one process: bf16 (the reference's own bf16 weight gradients under autocast; 2 B/param less), fp32, or auto (bf16 when --gradient_accumulation_steps is 1)", 0, 0},
         {"init_weights", CLI_STR, &init_weights, NULL, "random: seeded random weights instead of loading them (benchmarks; needs only config.json)", 0, 0},
         {"final_save", CLI_BOOL, &final_save, "true", "write the final checkpoint and OUTPUT_DIR/transformer (false: benchmarks)", 0, 0},

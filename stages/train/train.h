@@ -303,8 +303,7 @@ typedef struct {
     int slot_r[2], mru;
     OpCtx side;                /* ZeRO-3 on one process: the queue that makes the next range's weights */
     int side_ok, side_pending[2];
-    float *gslot[2];           /* ZeRO-3: two range gradients being computed / reduced, f32 (one process:
-                                  none with an f32 shard, one with a compute-dtype shard) */
+    float *gslot[2];           /* ZeRO-3 on several ranks: two range gradients being computed / reduced, f32 */
     int gpend[2], gcur, gnext;
     size_t maxrange;
     float *dscratch;           /* device f32 [3·DIT_MAX_WORLD] for host-side collectives */

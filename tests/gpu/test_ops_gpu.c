@@ -53,6 +53,20 @@ static void test_matmul_gpu(void) {
     double ex = gpu_rel_err(gxg, gx, (size_t)M * K), ew = gpu_rel_err(gwg, gw, (size_t)N * K), eb = gpu_rel_err(gbg, gb, N);
     printf("  matmul backward rel err: d_inp %.3g d_w %.3g d_bias %.3g\n", ex, ew, eb);
     CHECK(ex < 1e-2 && ew < 1e-4 && eb < 1e-4);
+    /* bf16 weight gradients (op_matmul_backward_g): twice, so the second call accumulates into
+     * bf16; against 2 x the fp32 reference, within bf16 rounding */
+    void *d_gwb = op_alloc(&gpu, (size_t)N * K * 2), *d_gbb = op_alloc(&gpu, (size_t)N * 2);
+    for (int i = 0; i < 2; i++) op_matmul_backward_g(&gpu, NULL, d_gwb, d_gbb, QIE_DT_BF16, dg_, dx_, dw_, M, K, N);
+    op_download_act(&gpu, gwg, d_gwb, (size_t)N * K);
+    op_download_act(&gpu, gbg, d_gbb, N);
+    for (size_t i = 0; i < (size_t)N * K; i++) gw[i] *= 2.0f;
+    for (int i = 0; i < N; i++) gb[i] *= 2.0f;
+    ew = gpu_rel_err(gwg, gw, (size_t)N * K);
+    eb = gpu_rel_err(gbg, gb, N);
+    printf("  matmul backward, bf16 gradients accumulated twice: d_w %.3g d_bias %.3g\n", ew, eb);
+    CHECK(ew < 8e-3 && eb < 8e-3);
+    op_free(&gpu, d_gwb);
+    op_free(&gpu, d_gbb);
     free(x); free(w); free(b); free(g); free(y); free(yg); free(gx); free(gxg); free(gw); free(gwg); free(gb); free(gbg);
     op_free(&gpu, dx_); op_free(&gpu, dw_); op_free(&gpu, db_); op_free(&gpu, dg_); op_free(&gpu, dy);
     op_free(&gpu, d_gx); op_free(&gpu, d_gw); op_free(&gpu, d_gb);
