@@ -85,7 +85,7 @@ TOOL_SRC := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/bin/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all test-gpu test test-plain test-san clean bundle fuzz demo bench-decode bench-cache bench-pipeline
+.PHONY: all test-gpu test test-plain test-san clean bundle fuzz demo bench-decode bench-cache bench-pipeline bench-train
 ALL_TARGETS := $(BINS) $(TEST_BINS) $(TOOL_BINS) $(BENCH_BINS)
 ifeq ($(CUDA),1)
 ALL_TARGETS += $(GPU_TEST_BINS)
@@ -193,6 +193,12 @@ bench-cache: all
 
 bench-pipeline: all
 	bash scripts/bench_pipeline.sh
+
+# the trainer benchmark of docs/benchmarks.md on a GPU host (make CUDA=1 bench-train): qie-train at
+# 1024² and 512², then the PyTorch reference in the same run when TRAIN_REF names its script
+TRAIN_REF ?= $(wildcard ../shared/bench/reference_transformer_step.py)
+bench-train: all
+	bash scripts/gpu_train_bench.sh $(BUILD)/bin $(BUILD)/bench-train $(TRAIN_REF)
 
 bundle: all
 	bash scripts/bundle.sh $(BUILD) $(BUILD)/bundle

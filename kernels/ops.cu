@@ -12,6 +12,16 @@ extern "C" {
 
 #define CUBLASLT_WORKSPACE (32u << 20)
 
+// the context's own queue and the event that marks it (op_wait_for)
+static void queue_(OpCtx *c) {
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    c->stream = s;
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    c->event = ev;
+}
+
 extern "C" int opctx_init_cuda_(char *err, OpCtx *c, int index) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || index >= n) {
@@ -19,28 +29,18 @@ extern "C" int opctx_init_cuda_(char *err, OpCtx *c, int index) {
         return QIE_EUNSUPPORTED;
     }
     CUDA_CHECK(cudaSetDevice(index));
-    cudaStream_t s;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    c->stream = s;
+    queue_(c);
     cublasLtHandle_t h;
     CUBLAS_CHECK(cublasLtCreate(&h));
     c->cublaslt = h;
     CUDA_CHECK(cudaMalloc(&c->workspace, CUBLASLT_WORKSPACE));
     c->workspace_bytes = CUBLASLT_WORKSPACE;
-    cudaEvent_t ev;
-    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    c->event = ev;
     return 0;
 }
 
 extern "C" int opctx_fork_cuda_(char *err, OpCtx *side) {
     (void)err;
-    cudaStream_t s;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    side->stream = s;
-    cudaEvent_t ev;
-    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    side->event = ev;
+    queue_(side);
     return 0;
 }
 

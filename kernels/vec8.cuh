@@ -29,4 +29,17 @@ static __device__ __forceinline__ void vec8_store(__nv_bfloat16 *p, const float 
     *reinterpret_cast<uint4 *>(p) = u;
 }
 
+// V = 1 or 8 elements: one kernel body serves the vector and the scalar (fallback) paths
+template <int V>
+static __device__ __forceinline__ void vec_load(float *f, const __nv_bfloat16 *p) {
+    if (V == 8) vec8_load(f, p);
+    else f[0] = __bfloat162float(*p);
+}
+
+template <int V>
+static __device__ __forceinline__ void vec_store(__nv_bfloat16 *p, const float *f) {
+    if (V == 8) vec8_store(p, f);
+    else *p = __float2bfloat16_rn(f[0]);
+}
+
 #endif
