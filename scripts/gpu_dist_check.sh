@@ -114,7 +114,7 @@ BF=(--pretrained_model_name_or_path "$W/real8" --init_weights random --in "$SYN"
     --gradient_accumulation_steps 1 --max_train_steps 8 --learning_rate 1e-5 --gradient_checkpointing
     --checkpointing_steps 0 --final_save=false --text_drop_ratio 0 --device cuda --progress=false --log_level warn)
 say "== 2. 8 real-dims layers, 1024² target + 1024² source (8192 image tokens) + 256 text tokens, batch 1 per GPU"
-ok peak_run "1gpu-plain" qie-train "${BF[@]}" --output_dir "$W/b1" && say "      $(rate "$W/b1/logs/metrics.jsonl")"
+ok peak_run "1gpu-plain" qie-train "${BF[@]}" --param_residency full --output_dir "$W/b1" && say "      $(rate "$W/b1/logs/metrics.jsonl")"
 ok peak_run "1gpu-block" qie-train "${BF[@]}" --param_residency block --output_dir "$W/b1b" &&
     say "      $(rate "$W/b1b/logs/metrics.jsonl")"
 for s in ddp zero2 zero3; do
