@@ -3,8 +3,9 @@
 // spec/model.md 1.11). Two stages, no atomics, so the result does not depend on scheduling:
 //   1. colreduce_partial_kernel1: block (32 columns x 8 token lanes) sums a chunk of tokens of one
 //      group into partial[chunk][group][col] (two sums at once: F returns float2);
-//   2. colreduce_final_kernel1: sums the chunks in order and writes bf16 (overwrite), adds into
-//      f32 (accumulate), or with bacc adds into bf16 (a weight gradient kept in bf16).
+//   2. colreduce_final_kernel1: sums the chunks in a fixed order (8 interleaved lanes, then the
+//      lanes) and writes bf16 (overwrite), adds into f32 (accumulate), or with bacc adds into bf16
+//      (a weight gradient kept in bf16).
 // A group g is modulation row g of an AdaMod (tokens of sample g % B, of set g / B), or, with
 // AdaMod {1, rows, dim, 1, ...}, all rows at once.
 #ifndef QIE_KERNELS_COLREDUCE_CUH
@@ -52,17 +53,25 @@ __global__ void colreduce_partial_kernel1(float2 *part, F f, AdaMod m, int group
 }
 
 // out0/out1: bf16 rows of stride ld (overwrite, or += with bacc) when acc0/acc1 are NULL; else
-// acc0/acc1 f32 (+=).
+// acc0/acc1 f32 (+=). Block (32 columns x 8 lanes) of one group: lane y sums chunks y, y + 8, ...,
+// then lane 0 adds the 8 lane sums in order (a fixed order: the same bits every run).
 static __global__ void colreduce_final_kernel1(__nv_bfloat16 *out0, __nv_bfloat16 *out1, float *acc0, float *acc1, int ld,
                                         const float2 *part, int groups, int D, int nchunks, int bacc) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= groups * D) return;
-    int g = i / D, col = i % D;
+    int col = blockIdx.x * 32 + threadIdx.x, g = blockIdx.y;
     float2 s = make_float2(0.0f, 0.0f);
-    for (int ch = 0; ch < nchunks; ch++) {
-        float2 v = part[((size_t)ch * groups + g) * D + col];
-        s.x += v.x;
-        s.y += v.y;
+    if (col < D)
+        for (int ch = threadIdx.y; ch < nchunks; ch += 8) {
+            float2 v = part[((size_t)ch * groups + g) * D + col];
+            s.x += v.x;
+            s.y += v.y;
+        }
+    __shared__ float2 sh[8][33];
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || col >= D) return;
+    for (int y = 1; y < 8; y++) {
+        s.x += sh[y][threadIdx.x].x;
+        s.y += sh[y][threadIdx.x].y;
     }
     if (acc0) acc0[(size_t)g * ld + col] += s.x;
     else if (out0) out0[(size_t)g * ld + col] = __float2bfloat16_rn(bacc ? __bfloat162float(out0[(size_t)g * ld + col]) + s.x : s.x);
@@ -82,8 +91,8 @@ static void colreduce_(cudaStream_t s, F f, const AdaMod &m, __nv_bfloat16 *out0
     dim3 grid((m.D + 31) / 32, groups, nchunks), block(32, 8);
     colreduce_partial_kernel1<<<grid, block, 0, s>>>(part, f, m, groups);
     CUDA_CHECK(cudaGetLastError());
-    int n = groups * m.D;
-    colreduce_final_kernel1<<<(n + 255) / 256, 256, 0, s>>>(out0, out1, acc0, acc1, ld, part, groups, m.D, nchunks, bacc);
+    colreduce_final_kernel1<<<dim3((m.D + 31) / 32, groups), block, 0, s>>>(out0, out1, acc0, acc1, ld, part, groups, m.D,
+                                                                           nchunks, bacc);
     CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaFreeAsync(part, s));
 }
