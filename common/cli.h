@@ -40,6 +40,17 @@ typedef struct {
     double min, max;    /* for CLI_INT / CLI_FLOAT when min < max */
 } CliOpt;
 
+/* The rows the encoder stages (qie-encode-vae, qie-encode-text) share: where records come from
+ * and go, progress, log level, and the reference's launch-line options that do not concern them. */
+#define CLI_ENCODER_ROWS(in_url, out_url, progress, log_level)                                                   \
+    {"in", CLI_STR, (in_url), "-", "where records come from: -, FILE, tcp://, ipc://, '>tcp://HOST:PORT' (one of several encoders)", 0, 0}, \
+    {"out", CLI_STR, (out_url), "-", "where records go: -, FILE, tcp://, ipc://, lmdb://DIR", 0, 0},                  \
+    {"progress", CLI_BOOL, (progress), "true", "report progress on stderr", 0, 0},                                    \
+    {"log_level", CLI_LOG_LEVEL, (log_level), "info", "debug|info|warn|error|quiet", 0, 0},                            \
+    {"pretrained_model_name_or_path", CLI_IGNORED, NULL, NULL, "ignored (use --model)", 0, 0},                        \
+    {"mixed_precision", CLI_IGNORED, NULL, NULL, "ignored: cpu is fp32, cuda is bf16", 0, 0},                         \
+    {"output_dir", CLI_IGNORED, NULL, NULL, "ignored", 0, 0}
+
 typedef struct {
     const char *prog;    /* "qie-cat" */
     const char *usage;   /* one line after the program name, e.g. "[options]" */

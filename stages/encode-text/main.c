@@ -23,19 +23,13 @@ int main(int argc, char **argv) {
     const CliOpt opts[] = {
         {"model", CLI_STR, &model, NULL, "model folder holding text_encoder/, tokenizer/, processor/ (diffusers layout)", 0, 0},
         {"train_mode", CLI_STR, &mode_s, "qwen_image_edit_plus", "qwen_image_edit (one source, VAE-size image) or qwen_image_edit_plus (source_cond.k)", 0, 0},
-        {"in", CLI_STR, &in_url, "-", "where records come from: -, FILE, tcp://, ipc://, '>tcp://HOST:PORT' (one of several encoders)", 0, 0},
-        {"out", CLI_STR, &out_url, "-", "where records go: -, FILE, tcp://, ipc://, lmdb://DIR", 0, 0},
         {"device", CLI_STR, &device, "cpu", "cpu (fp32 reference), cuda or cuda:N (bf16; one process per GPU)", 0, 0},
         {"text_drop_ratio", CLI_FLOAT, &drop, "0", "> 0: also store prompt_embeds_empty (the empty prompt with the same images)", 0, 1},
         {"max_batch_tokens", CLI_INT, &max_tokens, "16384", "LLM tokens per forward (prompts sorted by length, packed without padding)", 1, 1e9},
         {"window", CLI_INT, &window, "64", "records read ahead and batched together", 1, 1e6},
         {"keep_cond", CLI_BOOL, &keep_cond, "false", "keep source_cond.k (only the vision tower reads them)", 0, 0},
         {"prep_threads", CLI_INT, &prep_threads, "8", "CPU threads for the tokenizer and the image processor", 1, 64},
-        {"progress", CLI_BOOL, &progress, "true", "report progress on stderr", 0, 0},
-        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
-        {"pretrained_model_name_or_path", CLI_IGNORED, NULL, NULL, "ignored (use --model)", 0, 0},
-        {"mixed_precision", CLI_IGNORED, NULL, NULL, "ignored: cpu is fp32, cuda is bf16", 0, 0},
-        {"output_dir", CLI_IGNORED, NULL, NULL, "ignored", 0, 0},
+        CLI_ENCODER_ROWS(&in_url, &out_url, &progress, &lv),
     };
     const CliSpec spec = {
         "qie-encode-text", "--model DIR --train_mode MODE [--in URL] [--out URL] [--device cpu|cuda[:N]]",

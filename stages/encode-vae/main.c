@@ -21,18 +21,11 @@ int main(int argc, char **argv) {
     int keep_pixels = 0, progress = 1;
     const CliOpt opts[] = {
         {"model", CLI_STR, &model, NULL, "model folder holding vae/ (diffusers layout), or the vae folder itself", 0, 0},
-        {"in", CLI_STR, &in_url, "-", "where records come from: -, FILE, tcp://, ipc://, '>tcp://HOST:PORT' (one of several encoders)", 0, 0},
-        {"out", CLI_STR, &out_url, "-", "where records go: -, FILE, tcp://, ipc://, lmdb://DIR", 0, 0},
         {"device", CLI_STR, &device, "cpu", "cpu, cuda or cuda:N (one process per GPU)", 0, 0},
         {"vae_mini_batch", CLI_INT, &mini_batch, "1", "images of one size per encoder call (also records read ahead)", 1, 1024},
         {"keep_pixels", CLI_BOOL, &keep_pixels, "false", "keep target_pixels / source_pixels.k in the output records", 0, 0},
         {"posterior_dtype", CLI_STR, &dtype, "bf16", "dtype of the mean/logvar tensors: bf16 (what the bf16 reference samples from) or f32", 0, 0},
-        {"progress", CLI_BOOL, &progress, "true", "report progress on stderr", 0, 0},
-        {"log_level", CLI_LOG_LEVEL, &lv, "info", "debug|info|warn|error|quiet", 0, 0},
-        /* launch-line options of the reference trainer that do not concern this stage */
-        {"pretrained_model_name_or_path", CLI_IGNORED, NULL, NULL, "ignored (use --model)", 0, 0},
-        {"mixed_precision", CLI_IGNORED, NULL, NULL, "ignored: cpu is fp32, cuda is bf16", 0, 0},
-        {"output_dir", CLI_IGNORED, NULL, NULL, "ignored", 0, 0},
+        CLI_ENCODER_ROWS(&in_url, &out_url, &progress, &lv),
     };
     const CliSpec spec = {
         "qie-encode-vae", "--model DIR [--in URL] [--out URL] [--device cpu|cuda[:N]] [--vae_mini_batch N]",
