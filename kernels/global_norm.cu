@@ -4,20 +4,9 @@
 // fixed order. The fixed grid (not sized by n) is what makes the result reproducible.
 #include <cuda_bf16.h>
 
+#include "block_sum.cuh"
 #include "check_cuda.h"
 #include "global_norm.h"
-
-__device__ double block_sum_(double v) {
-    __shared__ double sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = threadIdx.x < (blockDim.x >> 5) ? sh[lane] : 0.0;
-    if (warp == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
 
 __device__ __forceinline__ double widen_(float v) { return v; }
 __device__ __forceinline__ double widen_(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -29,14 +18,14 @@ __global__ void global_norm_kernel1(float *partials, const T *x, size_t n) {
         double v = widen_(x[i]);
         s += v * v;
     }
-    s = block_sum_(s);
+    s = block_sum_double(s);
     if (threadIdx.x == 0) partials[blockIdx.x] = (float)s;
 }
 
 __global__ void global_norm_final_kernel1(float *out, const float *partials, int nparts) {
     double s = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += partials[i];
-    s = block_sum_(s);
+    s = block_sum_double(s);
     if (threadIdx.x == 0) *out = (float)s;
 }
 

@@ -6,6 +6,7 @@
 // each block writes one partial; one thread sums the partials in order into the accumulator.
 #include <cuda_bf16.h>
 
+#include "block_sum.cuh"
 #include "check_cuda.h"
 #include "objective.h"
 
@@ -58,18 +59,6 @@ __global__ void objective_target_kernel1(__nv_bfloat16 *xs, float *v, const floa
     v[o] = rb_(__fsub_rn(e, x0));
 }
 
-__device__ double obj_block_sum_(double v) {
-    __shared__ double sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = threadIdx.x < (blockDim.x >> 5) ? sh[lane] : 0.0;
-    if (warp == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __global__ void objective_loss_kernel1(double *partials, __nv_bfloat16 *d_pred, const __nv_bfloat16 *pred,
                                        const float *v, float w, size_t n, float scale) {
     double s = 0.0;
@@ -80,7 +69,7 @@ __global__ void objective_loss_kernel1(double *partials, __nv_bfloat16 *d_pred, 
         s += (double)__fmul_rn(__fmul_rn(__fmul_rn(e, e), m), w);
         d_pred[i] = __float2bfloat16_rn(__fmul_rn(__fmul_rn(__fmul_rn(w2, m), e), scale));
     }
-    s = obj_block_sum_(s);
+    s = block_sum_double(s);
     if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
