@@ -480,6 +480,12 @@ static AdaMod stream_mod_(const Dit *m, int s) {
 
 /* ---- block forward (spec 1.6) ------------------------------------------------------------- */
 
+/* each stream's tensors of a block, [0] image, [1] text */
+static const int mod_w[2] = {DIT_B_IMG_MOD_W, DIT_B_TXT_MOD_W}, qkv_w[2] = {DIT_B_TO_Q_W, DIT_B_ADD_Q_W},
+                 qkv_b[2] = {DIT_B_TO_Q_B, DIT_B_ADD_Q_B}, nq[2] = {DIT_B_NORM_Q, DIT_B_NORM_ADD_Q},
+                 nk[2] = {DIT_B_NORM_K, DIT_B_NORM_ADD_K}, ow[2] = {DIT_B_TO_OUT_W, DIT_B_TO_ADD_OUT_W},
+                 fc1[2] = {DIT_B_IMG_FC1_W, DIT_B_TXT_FC1_W}, fc2[2] = {DIT_B_IMG_FC2_W, DIT_B_TXT_FC2_W};
+
 /* recompute: the backward's checkpoint recompute (the attention is skipped when it was kept) */
 static void block_forward_(Dit *m, int l, BlockActs *b, int recompute) {
     OpCtx *c = m->ctx;
@@ -489,10 +495,6 @@ static void block_forward_(Dit *m, int l, BlockActs *b, int recompute) {
         b->lse = a->lsekeep[l];
     }
     const int D = m->cfg.D, H = m->cfg.num_heads, d = m->cfg.head_dim, B = a->B, S = a->S;
-    static const int mod_w[2] = {DIT_B_IMG_MOD_W, DIT_B_TXT_MOD_W}, qkv_w[2] = {DIT_B_TO_Q_W, DIT_B_ADD_Q_W},
-                     qkv_b[2] = {DIT_B_TO_Q_B, DIT_B_ADD_Q_B}, nq[2] = {DIT_B_NORM_Q, DIT_B_NORM_ADD_Q},
-                     nk[2] = {DIT_B_NORM_K, DIT_B_NORM_ADD_K}, ow[2] = {DIT_B_TO_OUT_W, DIT_B_TO_ADD_OUT_W},
-                     fc1[2] = {DIT_B_IMG_FC1_W, DIT_B_TXT_FC1_W}, fc2[2] = {DIT_B_IMG_FC2_W, DIT_B_TXT_FC2_W};
     for (int s = 0; s < 2; s++) {
         StreamActs *t = &b->s[s];
         const AdaMod am = stream_mod_(m, s);
@@ -532,10 +534,6 @@ static void block_backward_(Dit *m, int l, BlockActs *b) {
     OpCtx *c = m->ctx;
     struct DitActs *a = m->acts;
     const int D = m->cfg.D, H = m->cfg.num_heads, d = m->cfg.head_dim, B = a->B, S = a->S;
-    static const int mod_w[2] = {DIT_B_IMG_MOD_W, DIT_B_TXT_MOD_W}, qkv_w[2] = {DIT_B_TO_Q_W, DIT_B_ADD_Q_W},
-                     qkv_b[2] = {DIT_B_TO_Q_B, DIT_B_ADD_Q_B}, nq[2] = {DIT_B_NORM_Q, DIT_B_NORM_ADD_Q},
-                     nk[2] = {DIT_B_NORM_K, DIT_B_NORM_ADD_K}, ow[2] = {DIT_B_TO_OUT_W, DIT_B_TO_ADD_OUT_W},
-                     fc1[2] = {DIT_B_IMG_FC1_W, DIT_B_TXT_FC1_W}, fc2[2] = {DIT_B_IMG_FC2_W, DIT_B_TXT_FC2_W};
     for (int s = 0; s < 2; s++) {
         StreamActs *t = &b->s[s];
         const AdaMod am = stream_mod_(m, s);

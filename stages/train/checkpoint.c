@@ -376,16 +376,21 @@ fail:
     return rc;
 }
 
-int ckpt_save_weights(char *err, const char *dir, const char *config_json, const DitLayout *lay, const float *master,
-                      const char *max_shard_size) {
-    char parent[4096], tmp[4200];
-    snprintf(parent, sizeof parent, "%s", dir);
+/* parent := the folder holding dir; tmp := a fresh temporary sibling of dir (removed if present) */
+static void sibling_tmp_(const char *dir, char *parent, size_t np, char *tmp, size_t nt) {
+    snprintf(parent, np, "%s", dir);
     char *slash = strrchr(parent, '/');
     const char *base = slash ? slash + 1 : parent;
     if (slash) *slash = 0;
-    else snprintf(parent, sizeof parent, ".");
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", parent, slash ? base : dir, (int)getpid());
+    else snprintf(parent, np, ".");
+    snprintf(tmp, nt, "%s/.%s.tmp.%d", parent, slash ? base : dir, (int)getpid());
     train_rmtree(tmp);
+}
+
+int ckpt_save_weights(char *err, const char *dir, const char *config_json, const DitLayout *lay, const float *master,
+                      const char *max_shard_size) {
+    char parent[4096], tmp[4200];
+    sibling_tmp_(dir, parent, sizeof parent, tmp, sizeof tmp);
     int rc = write_weights_(err, tmp, config_json, lay, master, max_shard_size);
     if (!rc && (rc = fsync_tree_(tmp))) qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
     if (!rc) rc = publish_(err, tmp, dir, parent);
@@ -398,13 +403,7 @@ int ckpt_save_weights(char *err, const char *dir, const char *config_json, const
 
 int ckpt_save_weights_merged(char *err, const char *dir, const char *ckpt_dir, const char *max_shard_size) {
     char parent[4096], tmp[4200];
-    snprintf(parent, sizeof parent, "%s", dir);
-    char *slash = strrchr(parent, '/');
-    const char *base = slash ? slash + 1 : parent;
-    if (slash) *slash = 0;
-    else snprintf(parent, sizeof parent, ".");
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", parent, slash ? base : dir, (int)getpid());
-    train_rmtree(tmp);
+    sibling_tmp_(dir, parent, sizeof parent, tmp, sizeof tmp);
     int rc = ckpt_merge(err, ckpt_dir, tmp, max_shard_size, 0, NULL);
     if (!rc && (rc = fsync_tree_(tmp))) qie_seterr(err, "fsync %s: %s", tmp, strerror(rc));
     if (!rc) rc = publish_(err, tmp, dir, parent);
