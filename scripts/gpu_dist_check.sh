@@ -100,15 +100,9 @@ fi
 
 # ---- 2. 8 real-dims layers -------------------------------------------------------------------
 if [[ $SECTIONS == *2* ]]; then
-real_cfg() { # real_cfg DIR LAYERS: Qwen-Image-Edit's transformer config.json
-    mkdir -p "$1"
-    cat >"$1/config.json" <<EOF
-{"_class_name": "QwenImageTransformer2DModel", "patch_size": 2, "in_channels": 64, "out_channels": 16,
- "num_layers": $2, "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
- "guidance_embeds": false, "axes_dims_rope": [16, 56, 56]}
-EOF
-}
-real_cfg "$W/real8" 8
+# shellcheck source=scripts/dit_config.sh
+. "$ROOT/scripts/dit_config.sh"
+dit_config "$W/real8" 8
 SYN="synthetic://1024x1024?count=64&sources=1&txt=256"
 BF=(--pretrained_model_name_or_path "$W/real8" --init_weights random --in "$SYN" --seed 1 --train_batch_size 1
     --gradient_accumulation_steps 1 --max_train_steps 8 --learning_rate 1e-5 --gradient_checkpointing
@@ -131,7 +125,7 @@ GIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -
 # gradient slots, checkpointed activations, CUDA and NCCL buffers
 NL=$(awk -v g="$GIB" -v w="$NGPU" 'BEGIN { n = int(((g - 18) * 1.0737e9 * w / 16 - 0.05e9) / 0.3398e9); print (n > 60) ? 60 : n }')
 [ "$NL" -lt 60 ] && say "== 3. 60 layers need 16 B/param x 20.4e9 / $NGPU = $(awk -v w=$NGPU 'BEGIN{printf "%.0f", 16*20.44/w}') GB per GPU of fp32 state (> $GIB GiB): running $NL layers"
-real_cfg "$W/real" "$NL"
+dit_config "$W/real" "$NL"
 say "== 3. zero3, $NL real layers on $NGPU GPUs"
 ok peak_run "zero3-L$NL-x$NGPU" "${L[@]}" qie-train "${BF[@]}" --pretrained_model_name_or_path "$W/real" --max_train_steps 4 \
     --distributed zero3 --output_dir "$W/c" && say "      $(rate "$W/c/logs/metrics.jsonl")"

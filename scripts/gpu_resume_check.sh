@@ -10,12 +10,9 @@ set -u
 b=$1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 W=$(mktemp -d)
-mkdir -p "$W/m"
-cat > "$W/m/config.json" <<J
-{"_class_name": "QwenImageTransformer2DModel", "patch_size": 2, "in_channels": 64, "out_channels": 16,
- "num_layers": 2, "attention_head_dim": 128, "num_attention_heads": 4, "joint_attention_dim": 3584,
- "guidance_embeds": false, "axes_dims_rope": [16, 56, 56]}
-J
+# shellcheck source=scripts/dit_config.sh
+. "$(dirname "$0")/dit_config.sh"
+dit_config "$W/m" 2 4
 fails=0
 check() { if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi; }
 run() { # out_dir, extra flags...

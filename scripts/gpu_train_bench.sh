@@ -12,12 +12,9 @@ b=$1; out=$2; ref=${3:-}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} PYTHONUNBUFFERED=1
 mkdir -p "$out"
 W=$(mktemp -d)
-mkdir -p "$W/real8"
-cat > "$W/real8/config.json" <<J
-{"_class_name": "QwenImageTransformer2DModel", "patch_size": 2, "in_channels": 64, "out_channels": 16,
- "num_layers": 8, "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
- "guidance_embeds": false, "axes_dims_rope": [16, 56, 56]}
-J
+# shellcheck source=scripts/dit_config.sh
+. "$(dirname "$0")/dit_config.sh"
+dit_config "$W/real8" 8
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 IFS=';' read -r -a configs <<< "${CONFIGS:---param_residency block;--param_residency full}"
 for r in ${RES:-1024 512}; do
