@@ -376,6 +376,7 @@ static int acts_prepare_(char *err, Dit *m, const DitShape *sh, int has_mask) {
         N_img += s[0] * s[1] * s[2];
     }
     struct DitActs *a = m->acts;
+    const int keep_attn = m->train && m->grad_ckpt && m->keep_attn;
     if (!a) {
         a = m->acts = calloc(1, sizeof *a);
         if (a) {
@@ -383,12 +384,12 @@ static int acts_prepare_(char *err, Dit *m, const DitShape *sh, int has_mask) {
             a->h[1] = calloc((size_t)cf->num_layers + 1, sizeof(void *));
             a->nblk = (m->train && !m->grad_ckpt) ? cf->num_layers : 1;
             a->blk = calloc((size_t)a->nblk, sizeof(BlockActs));
-            if (m->train && m->grad_ckpt && m->keep_attn) {
+            if (keep_attn) {
                 a->Okeep = calloc((size_t)cf->num_layers, sizeof(void *));
                 a->lsekeep = calloc((size_t)cf->num_layers, sizeof(float *));
             }
         }
-        if (!a || !a->h[0] || !a->h[1] || !a->blk || (m->train && m->grad_ckpt && m->keep_attn && (!a->Okeep || !a->lsekeep))) {
+        if (!a || !a->h[0] || !a->h[1] || !a->blk || (keep_attn && (!a->Okeep || !a->lsekeep))) {
             acts_free_(m);
             qie_seterr(err, "dit_forward: out of memory");
             return QIE_ENOMEM;
@@ -551,7 +552,7 @@ static void block_backward_(Dit *m, int l, BlockActs *b) {
         for (int bb = 0; bb < B; bb++)
             op_matmul_backward_g(c, at_(m, a->dO, ((size_t)bb * S + off) * D), G(l, ow[s]), G(l, ow[s] + 1), GD(l),
                                  at_(m, a->d_y, (size_t)bb * N * D), at_(m, b->O, ((size_t)bb * S + off) * D),
-                               P(l, ow[s]), N, D, D);
+                                 P(l, ow[s]), N, D, D);
     }
     op_attention_backward(c, a->dQ, a->dK, a->dV, a->dO, b->Q, b->K, b->V, b->O, b->lse, a->key_valid, B, S, H, d);
     for (int s = 0; s < 2; s++) {
@@ -559,14 +560,16 @@ static void block_backward_(Dit *m, int l, BlockActs *b) {
         const AdaMod am = stream_mod_(m, s);
         const int R = B * a->N[s], Bm = s ? B : a->Bm;
         void *dmod = a->d_mod[s];
-        op_qkv_norm_rope_backward_g(c, a->d_qkv, G(l, nq[s]), G(l, nk[s]), GD(l), a->dQ, a->dK, a->dV, t->qkv, t->qk_rstd,
-                                  P(l, nq[s]), P(l, nk[s]), a->cs[s], B, a->N[s], H, d, S, s ? 0 : a->N[1]);
-        op_matmul_backward_g(c, a->dA, G(l, qkv_w[s]), G(l, qkv_b[s]), GD(l), a->d_qkv, t->a1, P(l, qkv_w[s]), R, D, 3 * D);
+        op_qkv_norm_rope_backward_g(c, a->d_qkv, G(l, nq[s]), G(l, nk[s]), GD(l), a->dQ, a->dK, a->dV, t->qkv,
+                                    t->qk_rstd, P(l, nq[s]), P(l, nk[s]), a->cs[s], B, a->N[s], H, d, S,
+                                    s ? 0 : a->N[1]);
+        op_matmul_backward_g(c, a->dA, G(l, qkv_w[s]), G(l, qkv_b[s]), GD(l), a->d_qkv, t->a1, P(l, qkv_w[s]), R, D,
+                             3 * D);
         op_layernorm_modulate_backward(c, a->dh[s], dmod, at_(m, dmod, D), a->dA, a->h[s][l], t->ln1_mean,
                                        t->ln1_rstd, at_(m, t->mod, D), &am);
         /* every chunk of d_mod is now written: back through img_mod.1 / txt_mod.1 into d SiLU(temb) */
-        op_matmul_backward_g(c, a->d_tmp, G(l, mod_w[s]), G(l, mod_w[s] + 1), GD(l), dmod, a->stemb, P(l, mod_w[s]), Bm, D,
-                           6 * D);
+        op_matmul_backward_g(c, a->d_tmp, G(l, mod_w[s]), G(l, mod_w[s] + 1), GD(l), dmod, a->stemb, P(l, mod_w[s]),
+                             Bm, D, 6 * D);
         op_add_inplace(c, a->d_stemb, a->d_tmp, (size_t)Bm * D);
     }
 }
@@ -653,13 +656,13 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     /* output head */
     acquire_(m, L + 1, DIT_PHASE_BACKWARD);
     grad_begin_(m, L + 1);
-    op_matmul_backward_g(c, a->d_aout, G(L, DIT_PROJ_OUT_W), G(L, DIT_PROJ_OUT_B), GD(L), d_out, a->a_out, P(L, DIT_PROJ_OUT_W),
-                       Ri, D, cf->out_dim);
+    op_matmul_backward_g(c, a->d_aout, G(L, DIT_PROJ_OUT_W), G(L, DIT_PROJ_OUT_B), GD(L), d_out, a->a_out,
+                         P(L, DIT_PROJ_OUT_W), Ri, D, cf->out_dim);
     const AdaMod mo = {B, a->N[0], D, 1, a->N[0], 2 * D};
     op_layernorm_modulate_backward(c, a->dh[0], at_(m, a->d_modout, D), a->d_modout, a->d_aout, a->h[0][L],
                                    a->lno_mean, a->lno_rstd, a->mod_out, &mo);
     op_matmul_backward_g(c, a->d_tmp, G(L, DIT_NORM_OUT_W), G(L, DIT_NORM_OUT_B), GD(L), a->d_modout, a->stemb,
-                       P(L, DIT_NORM_OUT_W), B, D, 2 * D);
+                         P(L, DIT_NORM_OUT_W), B, D, 2 * D);
     op_add_inplace(c, a->d_stemb, a->d_tmp, (size_t)B * D);
     grad_end_(m, L + 1);
     release_(m, L + 1, DIT_PHASE_BACKWARD);
@@ -677,19 +680,19 @@ int dit_backward(char *err, Dit *m, const void *d_out, void *d_x, void *d_txt) {
     acquire_(m, 0, DIT_PHASE_BACKWARD);
     grad_begin_(m, 0);
     op_silu_backward(c, a->d_temb, a->d_stemb, a->temb, (size_t)a->Bm * D);
-    op_matmul_backward_g(c, a->d_t1s, G(-1, DIT_T_LIN2_W), G(-1, DIT_T_LIN2_B), GD(-1), a->d_temb, a->t1s, P(-1, DIT_T_LIN2_W),
-                       a->Bm, D, D);
+    op_matmul_backward_g(c, a->d_t1s, G(-1, DIT_T_LIN2_W), G(-1, DIT_T_LIN2_B), GD(-1), a->d_temb, a->t1s,
+                         P(-1, DIT_T_LIN2_W), a->Bm, D, D);
     op_silu_backward(c, a->d_t1s, a->d_t1s, a->t1, (size_t)a->Bm * D);
-    op_matmul_backward_g(c, NULL, G(-1, DIT_T_LIN1_W), G(-1, DIT_T_LIN1_B), GD(-1), a->d_t1s, a->sinus, P(-1, DIT_T_LIN1_W),
-                       a->Bm, QIE_TSTEP_CH, D);
+    op_matmul_backward_g(c, NULL, G(-1, DIT_T_LIN1_W), G(-1, DIT_T_LIN1_B), GD(-1), a->d_t1s, a->sinus,
+                         P(-1, DIT_T_LIN1_W), a->Bm, QIE_TSTEP_CH, D);
     /* text input */
-    op_matmul_backward_g(c, a->d_txtn, G(-1, DIT_TXT_IN_W), G(-1, DIT_TXT_IN_B), GD(-1), a->dh[1], a->txtn, P(-1, DIT_TXT_IN_W),
-                       Rt, cf->joint_dim, D);
-    op_rmsnorm_backward_g(c, d_txt, G(-1, DIT_TXT_NORM_W), GD(-1), a->d_txtn, a->txt, a->txt_rstd, P(-1, DIT_TXT_NORM_W), Rt,
-                        cf->joint_dim);
+    op_matmul_backward_g(c, a->d_txtn, G(-1, DIT_TXT_IN_W), G(-1, DIT_TXT_IN_B), GD(-1), a->dh[1], a->txtn,
+                         P(-1, DIT_TXT_IN_W), Rt, cf->joint_dim, D);
+    op_rmsnorm_backward_g(c, d_txt, G(-1, DIT_TXT_NORM_W), GD(-1), a->d_txtn, a->txt, a->txt_rstd,
+                          P(-1, DIT_TXT_NORM_W), Rt, cf->joint_dim);
     /* image input */
-    op_matmul_backward_g(c, d_x, G(-1, DIT_IMG_IN_W), G(-1, DIT_IMG_IN_B), GD(-1), a->dh[0], a->x, P(-1, DIT_IMG_IN_W), Ri,
-                       cf->in_channels, D);
+    op_matmul_backward_g(c, d_x, G(-1, DIT_IMG_IN_W), G(-1, DIT_IMG_IN_B), GD(-1), a->dh[0], a->x, P(-1, DIT_IMG_IN_W),
+                         Ri, cf->in_channels, D);
     grad_end_(m, 0);
     release_(m, 0, DIT_PHASE_BACKWARD);
     return 0;

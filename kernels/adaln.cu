@@ -9,50 +9,35 @@
 
 typedef __nv_bfloat16 bf16;
 
-__global__ void gate_residual_forward_kernel1(bf16 *out, const bf16 *h, const bf16 *y, const bf16 *gate, AdaMod m) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)m.B * m.N * m.D) return;
-    size_t row = i / m.D;
+// V columns of one row per thread: 8 (16-byte accesses: m.D % 8 == 0, aligned, vec8.cuh) or 1;
+// iv indexes groups of V
+template <int V>
+__global__ void gate_residual_forward_kernel(bf16 *out, const bf16 *h, const bf16 *y, const bf16 *gate, AdaMod m) {
+    size_t iv = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (iv >= (size_t)m.B * m.N * m.D / V) return;
+    size_t i = V * iv, row = i / m.D;
     int col = (int)(i % m.D);
-    float g = __bfloat162float(gate[(size_t)adamod_row(&m, (int)(row / m.N), (int)(row % m.N)) * m.ld + col]);
-    out[i] = __float2bfloat16_rn(__bfloat162float(h[i]) + g * __bfloat162float(y[i]));
-}
-
-__global__ void gate_residual_dy_kernel1(bf16 *d_y, const bf16 *d_out, const bf16 *gate, AdaMod m) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)m.B * m.N * m.D) return;
-    size_t row = i / m.D;
-    int col = (int)(i % m.D);
-    float g = __bfloat162float(gate[(size_t)adamod_row(&m, (int)(row / m.N), (int)(row % m.N)) * m.ld + col]);
-    d_y[i] = __float2bfloat16_rn(__bfloat162float(d_out[i]) * g);
-}
-
-// eight columns of one row per thread (m.D % 8 == 0, aligned: vec8.cuh), i8 indexes groups of 8
-__global__ void gate_residual_forward_kernel8(bf16 *out, const bf16 *h, const bf16 *y, const bf16 *gate, AdaMod m) {
-    size_t i8 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i8 >= (size_t)m.B * m.N * m.D / 8) return;
-    size_t i = 8 * i8, row = i / m.D;
-    int col = (int)(i % m.D);
-    float g[8], a[8], b[8];
-    vec8_load(g, gate + (size_t)adamod_row(&m, (int)(row / m.N), (int)(row % m.N)) * m.ld + col);
-    vec8_load(a, h + i);
-    vec8_load(b, y + i);
+    float g[V], a[V], b[V];
+    vec_load<V>(g, gate + (size_t)adamod_row(&m, (int)(row / m.N), (int)(row % m.N)) * m.ld + col);
+    vec_load<V>(a, h + i);
+    vec_load<V>(b, y + i);
 #pragma unroll
-    for (int k = 0; k < 8; k++) a[k] = a[k] + g[k] * b[k];
-    vec8_store(out + i, a);
+    for (int k = 0; k < V; k++) a[k] = a[k] + g[k] * b[k];
+    vec_store<V>(out + i, a);
 }
 
-__global__ void gate_residual_dy_kernel8(bf16 *d_y, const bf16 *d_out, const bf16 *gate, AdaMod m) {
-    size_t i8 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i8 >= (size_t)m.B * m.N * m.D / 8) return;
-    size_t i = 8 * i8, row = i / m.D;
+template <int V>
+__global__ void gate_residual_dy_kernel(bf16 *d_y, const bf16 *d_out, const bf16 *gate, AdaMod m) {
+    size_t iv = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (iv >= (size_t)m.B * m.N * m.D / V) return;
+    size_t i = V * iv, row = i / m.D;
     int col = (int)(i % m.D);
-    float g[8], d[8];
-    vec8_load(g, gate + (size_t)adamod_row(&m, (int)(row / m.N), (int)(row % m.N)) * m.ld + col);
-    vec8_load(d, d_out + i);
+    float g[V], d[V];
+    vec_load<V>(g, gate + (size_t)adamod_row(&m, (int)(row / m.N), (int)(row % m.N)) * m.ld + col);
+    vec_load<V>(d, d_out + i);
 #pragma unroll
-    for (int k = 0; k < 8; k++) d[k] *= g[k];
-    vec8_store(d_y + i, d);
+    for (int k = 0; k < V; k++) d[k] *= g[k];
+    vec_store<V>(d_y + i, d);
 }
 
 static bool gate_vec8_(const AdaMod *m, const void *a, const void *b, const void *c, const void *gate) {
@@ -71,12 +56,11 @@ extern "C" void gate_residual_forward(OpCtx *c, void *out, const void *h, const 
                                       const AdaMod *m) {
     size_t n = (size_t)m->B * m->N * m->D;
     if (!n) return;
-    if (gate_vec8_(m, out, h, y, gate))
-        gate_residual_forward_kernel8<<<(unsigned)((n / 8 + 255) / 256), 256, 0, (cudaStream_t)c->stream>>>(
-            (bf16 *)out, (const bf16 *)h, (const bf16 *)y, (const bf16 *)gate, *m);
-    else
-        gate_residual_forward_kernel1<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)c->stream>>>(
-            (bf16 *)out, (const bf16 *)h, (const bf16 *)y, (const bf16 *)gate, *m);
+    const int v8 = gate_vec8_(m, out, h, y, gate);
+    const size_t nv = v8 ? n / 8 : n;
+    auto k = v8 ? gate_residual_forward_kernel<8> : gate_residual_forward_kernel<1>;
+    k<<<(unsigned)((nv + 255) / 256), 256, 0, (cudaStream_t)c->stream>>>((bf16 *)out, (const bf16 *)h, (const bf16 *)y,
+                                                                         (const bf16 *)gate, *m);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -88,12 +72,10 @@ extern "C" void gate_residual_backward(OpCtx *c, void *d_y, void *d_gate, const 
     if (d_gate) colreduce_(s, GateGrad{(const bf16 *)d_out, (const bf16 *)y, m->D}, *m, (bf16 *)d_gate, nullptr,
                            nullptr, nullptr, m->ld);
     if (d_y && n) {
-        if (gate_vec8_(m, d_y, d_out, NULL, gate))
-            gate_residual_dy_kernel8<<<(unsigned)((n / 8 + 255) / 256), 256, 0, s>>>((bf16 *)d_y, (const bf16 *)d_out,
-                                                                                     (const bf16 *)gate, *m);
-        else
-            gate_residual_dy_kernel1<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((bf16 *)d_y, (const bf16 *)d_out,
-                                                                                 (const bf16 *)gate, *m);
+        const int v8 = gate_vec8_(m, d_y, d_out, NULL, gate);
+        const size_t nv = v8 ? n / 8 : n;
+        auto k = v8 ? gate_residual_dy_kernel<8> : gate_residual_dy_kernel<1>;
+        k<<<(unsigned)((nv + 255) / 256), 256, 0, s>>>((bf16 *)d_y, (const bf16 *)d_out, (const bf16 *)gate, *m);
         CUDA_CHECK(cudaGetLastError());
     }
 }

@@ -97,6 +97,15 @@ static void colreduce_(cudaStream_t s, F f, const AdaMod &m, __nv_bfloat16 *out0
     CUDA_CHECK(cudaFreeAsync(part, s));
 }
 
+// Column sums added into a weight gradient of dtype gdt (ops.h "_g"): g0/g1 f32, or bf16 rounded
+// once per call. g1 may be NULL.
+template <class F>
+static void colreduce_grad_(cudaStream_t s, F f, const AdaMod &m, void *g0, void *g1, QieDtype gdt, int ld) {
+    const int f32 = gdt == QIE_DT_F32;
+    colreduce_(s, f, m, f32 ? nullptr : (__nv_bfloat16 *)g0, f32 ? nullptr : (__nv_bfloat16 *)g1,
+               f32 ? (float *)g0 : nullptr, f32 ? (float *)g1 : nullptr, ld, !f32);
+}
+
 static __device__ __forceinline__ float warp_sum_(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -17,58 +17,46 @@ static __device__ __forceinline__ float gelu_grad_(float x) {
     return 0.5f * (1.0f + T) + 0.5f * x * (1.0f - T * T) * GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
 }
 
-__global__ void gelu_tanh_forward_kernel1(bf16 *out, const bf16 *inp, size_t n) {
+// V elements per thread: 8 (16-byte accesses: n % 8 == 0, aligned, vec8.cuh) or 1 (any n);
+// nv = n / V groups
+template <int V>
+__global__ void gelu_tanh_forward_kernel(bf16 *out, const bf16 *inp, size_t nv) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    out[i] = __float2bfloat16_rn(gelu_(__bfloat162float(inp[i])));
-}
-
-__global__ void gelu_tanh_backward_kernel1(bf16 *d_inp, const bf16 *d_out, const bf16 *inp, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    d_inp[i] = __float2bfloat16_rn(__bfloat162float(d_out[i]) * gelu_grad_(__bfloat162float(inp[i])));
-}
-
-// eight elements per thread (vec8.cuh), n8 = n / 8
-__global__ void gelu_tanh_forward_kernel8(bf16 *out, const bf16 *inp, size_t n8) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n8) return;
-    float x[8];
-    vec8_load(x, inp + 8 * i);
+    if (i >= nv) return;
+    float x[V];
+    vec_load<V>(x, inp + V * i);
 #pragma unroll
-    for (int k = 0; k < 8; k++) x[k] = gelu_(x[k]);
-    vec8_store(out + 8 * i, x);
+    for (int k = 0; k < V; k++) x[k] = gelu_(x[k]);
+    vec_store<V>(out + V * i, x);
 }
 
-__global__ void gelu_tanh_backward_kernel8(bf16 *d_inp, const bf16 *d_out, const bf16 *inp, size_t n8) {
+template <int V>
+__global__ void gelu_tanh_backward_kernel(bf16 *d_inp, const bf16 *d_out, const bf16 *inp, size_t nv) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n8) return;
-    float x[8], d[8];
-    vec8_load(x, inp + 8 * i);
-    vec8_load(d, d_out + 8 * i);
+    if (i >= nv) return;
+    float x[V], d[V];
+    vec_load<V>(x, inp + V * i);
+    vec_load<V>(d, d_out + V * i);
 #pragma unroll
-    for (int k = 0; k < 8; k++) d[k] *= gelu_grad_(x[k]);
-    vec8_store(d_inp + 8 * i, d);
+    for (int k = 0; k < V; k++) d[k] *= gelu_grad_(x[k]);
+    vec_store<V>(d_inp + V * i, d);
 }
 
 extern "C" void gelu_tanh_forward(OpCtx *c, void *out, const void *inp, size_t n) {
     if (!n) return;
-    cudaStream_t s = (cudaStream_t)c->stream;
-    if (n % 8 == 0 && vec8_ok(out) && vec8_ok(inp))
-        gelu_tanh_forward_kernel8<<<(unsigned)((n / 8 + 255) / 256), 256, 0, s>>>((bf16 *)out, (const bf16 *)inp, n / 8);
-    else
-        gelu_tanh_forward_kernel1<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((bf16 *)out, (const bf16 *)inp, n);
+    const int v8 = n % 8 == 0 && vec8_ok(out) && vec8_ok(inp);
+    const size_t nv = v8 ? n / 8 : n;
+    auto k = v8 ? gelu_tanh_forward_kernel<8> : gelu_tanh_forward_kernel<1>;
+    k<<<(unsigned)((nv + 255) / 256), 256, 0, (cudaStream_t)c->stream>>>((bf16 *)out, (const bf16 *)inp, nv);
     CUDA_CHECK(cudaGetLastError());
 }
 
 extern "C" void gelu_tanh_backward(OpCtx *c, void *d_inp, const void *d_out, const void *inp, size_t n) {
     if (!n) return;
-    cudaStream_t s = (cudaStream_t)c->stream;
-    if (n % 8 == 0 && vec8_ok(d_inp) && vec8_ok(d_out) && vec8_ok(inp))
-        gelu_tanh_backward_kernel8<<<(unsigned)((n / 8 + 255) / 256), 256, 0, s>>>((bf16 *)d_inp, (const bf16 *)d_out,
-                                                                                   (const bf16 *)inp, n / 8);
-    else
-        gelu_tanh_backward_kernel1<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((bf16 *)d_inp, (const bf16 *)d_out,
-                                                                               (const bf16 *)inp, n);
+    const int v8 = n % 8 == 0 && vec8_ok(d_inp) && vec8_ok(d_out) && vec8_ok(inp);
+    const size_t nv = v8 ? n / 8 : n;
+    auto k = v8 ? gelu_tanh_backward_kernel<8> : gelu_tanh_backward_kernel<1>;
+    k<<<(unsigned)((nv + 255) / 256), 256, 0, (cudaStream_t)c->stream>>>((bf16 *)d_inp, (const bf16 *)d_out,
+                                                                         (const bf16 *)inp, nv);
     CUDA_CHECK(cudaGetLastError());
 }

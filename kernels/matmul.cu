@@ -81,7 +81,6 @@ extern "C" void matmul_backward(OpCtx *c, void *d_inp, void *d_w, void *d_bias, 
     if (d_w) matmul_gemm(c, N, K, M, 1.0f, d_out, N, 1, inp, K, 0, f32 ? NULL : d_w, K, 1.0f, d_w, K, f32, NULL);
     if (d_bias && M > 0) {
         const AdaMod all = {1, M, N, 1, M, N};
-        colreduce_((cudaStream_t)c->stream, BiasGrad{(const __nv_bfloat16 *)d_out, N}, all,
-                   f32 ? nullptr : (__nv_bfloat16 *)d_bias, nullptr, f32 ? (float *)d_bias : nullptr, nullptr, N, !f32);
+        colreduce_grad_((cudaStream_t)c->stream, BiasGrad{(const __nv_bfloat16 *)d_out, N}, all, d_bias, nullptr, gdt, N);
     }
 }

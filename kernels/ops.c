@@ -119,24 +119,11 @@ static void mem_forget_(void *p) {
     pthread_mutex_unlock(&mem_lock_);
 }
 
-size_t op_mem_in_use(void) {
-    pthread_mutex_lock(&mem_lock_);
-    size_t v = mem_cur_;
-    pthread_mutex_unlock(&mem_lock_);
-    return v;
-}
-
 size_t op_mem_peak(void) {
     pthread_mutex_lock(&mem_lock_);
     size_t v = mem_peak_;
     pthread_mutex_unlock(&mem_lock_);
     return v;
-}
-
-void op_mem_reset_peak(void) {
-    pthread_mutex_lock(&mem_lock_);
-    mem_peak_ = mem_cur_;
-    pthread_mutex_unlock(&mem_lock_);
 }
 
 const char *opctx_device_name(const OpCtx *c) { return c->dev == QIE_DEV_CUDA ? "cuda" : "cpu"; }
@@ -252,4 +239,3 @@ void op_f32_to_act(OpCtx *c, void *dst, const float *src, size_t n) {
     (void)c;
     memmove(dst, src, n * sizeof(float));
 }
-

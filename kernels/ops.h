@@ -59,12 +59,9 @@ void op_wait_for(OpCtx *waiter, OpCtx *from);
 /* Memory on the ctx's device, zero-filled; NULL only when bytes == 0 (failure is fatal). */
 void *op_alloc(OpCtx *c, size_t bytes);
 void op_free(OpCtx *c, void *p); /* NULL is a no-op */
-/* Bytes op_alloc holds now and the most it held since the process started or the last reset,
- * over every context and device (torch.cuda.max_memory_allocated's measure: buffers, not the
- * CUDA context). */
-size_t op_mem_in_use(void);
+/* The most bytes op_alloc held at once since the process started, over every context and device
+ * (torch.cuda.max_memory_allocated's measure: buffers, not the CUDA context). */
 size_t op_mem_peak(void);
-void op_mem_reset_peak(void);
 void op_zero(OpCtx *c, void *p, size_t bytes);
 void op_sync(OpCtx *c);
 size_t op_act_size(const OpCtx *c); /* bytes per activation element */

@@ -64,8 +64,6 @@ extern "C" void rmsnorm_backward(OpCtx *c, void *d_inp, void *d_w, QieDtype gdt,
     }
     if (d_w) {
         AdaMod all = {1, rows, dim, 1, rows, dim};
-        const int f32 = gdt == QIE_DT_F32;
-        colreduce_(s, RmsWGrad{(const bf16 *)d_out, (const bf16 *)inp, rstd, dim}, all, f32 ? nullptr : (bf16 *)d_w,
-                   nullptr, f32 ? (float *)d_w : nullptr, nullptr, dim, !f32);
+        colreduce_grad_(s, RmsWGrad{(const bf16 *)d_out, (const bf16 *)inp, rstd, dim}, all, d_w, nullptr, gdt, dim);
     }
 }

@@ -173,9 +173,7 @@ extern "C" void qkv_norm_rope_backward(OpCtx *c, void *d_qkv, void *d_wq, void *
     CUDA_CHECK(cudaGetLastError());
     if (d_wq || d_wk) {
         AdaMod all = {1, B * N * H, d, 1, B * N * H, d};
-        const int f32 = gdt == QIE_DT_F32;
-        colreduce_(s, QkWGrad{(const bf16 *)dQ, (const bf16 *)dK, (const bf16 *)qkv, rstd, cs, g}, all,
-                   f32 ? nullptr : (bf16 *)d_wq, f32 ? nullptr : (bf16 *)d_wk, f32 ? (float *)d_wq : nullptr,
-                   f32 ? (float *)d_wk : nullptr, d, !f32);
+        colreduce_grad_(s, QkWGrad{(const bf16 *)dQ, (const bf16 *)dK, (const bf16 *)qkv, rstd, cs, g}, all, d_wq, d_wk,
+                        gdt, d);
     }
 }
