@@ -33,41 +33,13 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "mma_sm80.cuh"
+
 namespace fa2 {
 
 typedef __nv_bfloat16 bf16;
 
 constexpr int BN = 64;   // keys per K/V tile (forward, dQ) / queries per Q tile (dK/dV)
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// c[16x8] += a[16x16] · b[16x8], bf16 in, fp32 accumulate
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ float ex2(float x) {
     float y;
@@ -113,6 +85,35 @@ __device__ __forceinline__ void ldb(uint32_t (&b)[4], uint32_t base, int n0, int
 template <int D>
 __device__ __forceinline__ void ldb_t(uint32_t (&b)[4], uint32_t base, int k0, int np, int lane) {
     ldsm_x4_t(b, base + swz<D>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), np * 2 + (lane >> 4)));
+}
+
+// Two 16×64 products over the head dim, sharing one k loop (both backward kernels): x = A·Bᵀ and
+// y = A2·B2ᵀ, where A, A2 are this warp's 16 rows (from r0) of [rows][D] tiles and B, B2 the 64 rows
+// of [n][D] tiles. x and y are overwritten.
+template <int D>
+__device__ __forceinline__ void mma_pair_16x64(float (&x)[8][4], float (&y)[8][4], uint32_t a, uint32_t a2, uint32_t b,
+                                               uint32_t b2, int r0, int lane) {
+    constexpr int KS = D / 16;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) x[n][e] = y[n][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        uint32_t fa[4], fa2[4];
+        lda<D>(fa, a, r0, kk, lane);
+        lda<D>(fa2, a2, r0, kk, lane);
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t fb[4], fb2[4];
+            ldb<D>(fb, b, np * 16, kk, lane);
+            ldb<D>(fb2, b2, np * 16, kk, lane);
+            mma16816(x[2 * np], fa, fb[0], fb[1]);
+            mma16816(x[2 * np + 1], fa, fb[2], fb[3]);
+            mma16816(y[2 * np], fa2, fb2[0], fb2[1]);
+            mma16816(y[2 * np + 1], fa2, fb2[2], fb2[3]);
+        }
+    }
 }
 
 // key-validity bits for the 64-key tile: bit (8n + 2t + e) → is key valid
@@ -285,7 +286,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 2 : 1)
                        const bf16 *__restrict__ Q, const bf16 *__restrict__ K, const bf16 *__restrict__ V,
                        const bf16 *__restrict__ dO, const float *__restrict__ lse2, const float *__restrict__ delta,
                        const uint32_t *__restrict__ kbits, int S, int Sp, int H, float sl2, float scale) {
-    constexpr int NT = NW * 32, BK = 16 * NW, DT = D / 8, KS = D / 16;
+    constexpr int NT = NW * 32, BK = 16 * NW, DT = D / 8;
     static_assert(!FUSED || NW == 8, "the fused variant splits 64 queries x D over 8 warps");
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sK = smem_u32(smem), sV = sK + BK * D * 2, sQ = sV + BK * D * 2, sdO = sQ + 2 * BN * D * 2;
@@ -337,27 +338,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 2 : 1)
         const int st = i & 1;
         const uint32_t cQ = sQ + st * BN * D * 2, cdO = sdO + st * BN * D * 2;
         const float *cL = sL + st * BN, *cD = sDl + st * BN;
-        float sT[8][4], dpT[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) sT[n][e] = dpT[n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            uint32_t ak[4], av[4];
-            lda<D>(ak, sK, rw, kk, lane);
-            lda<D>(av, sV, rw, kk, lane);
-#pragma unroll
-            for (int np = 0; np < 4; np++) {
-                uint32_t bq[4], bo[4];
-                ldb<D>(bq, cQ, np * 16, kk, lane);
-                ldb<D>(bo, cdO, np * 16, kk, lane);
-                mma16816(sT[2 * np], ak, bq[0], bq[1]);
-                mma16816(sT[2 * np + 1], ak, bq[2], bq[3]);
-                mma16816(dpT[2 * np], av, bo[0], bo[1]);
-                mma16816(dpT[2 * np + 1], av, bo[2], bo[3]);
-            }
-        }
+        float sT[8][4], dpT[8][4]; /* Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ */
+        mma_pair_16x64<D>(sT, dpT, sK, sV, cQ, cdO, rw, lane);
         // Pᵀ (rows: keys g, g+8; columns: queries 8n+2t+e) and dSᵀ = Pᵀ∘(dPᵀ − δ)
 #pragma unroll
         for (int n = 0; n < 8; n++)
@@ -464,7 +446,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 2 : 1)
                      const bf16 *__restrict__ V, const bf16 *__restrict__ dO, const float *__restrict__ lse2,
                      const float *__restrict__ delta, const uint32_t *__restrict__ kbits, int S, int Sp, int H,
                      float sl2, float scale) {
-    constexpr int NT = NW * 32, BM = 16 * NW, DT = D / 8, KS = D / 16;
+    constexpr int NT = NW * 32, BM = 16 * NW, DT = D / 8;
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sQ = smem_u32(smem), sdO = sQ + BM * D * 2, sK = sdO + BM * D * 2, sV = sK + 2 * BN * D * 2;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM;
@@ -504,27 +486,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 4 ? 2 : 1)
         }
         cp_async_commit();
         const uint32_t cK = sK + (j & 1) * BN * D * 2, cV = sV + (j & 1) * BN * D * 2;
-        float s[8][4], dp[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            uint32_t aq[4], ao[4];
-            lda<D>(aq, sQ, rw, kk, lane);
-            lda<D>(ao, sdO, rw, kk, lane);
-#pragma unroll
-            for (int np = 0; np < 4; np++) {
-                uint32_t bk[4], bv[4];
-                ldb<D>(bk, cK, np * 16, kk, lane);
-                ldb<D>(bv, cV, np * 16, kk, lane);
-                mma16816(s[2 * np], aq, bk[0], bk[1]);
-                mma16816(s[2 * np + 1], aq, bk[2], bk[3]);
-                mma16816(dp[2 * np], ao, bv[0], bv[1]);
-                mma16816(dp[2 * np + 1], ao, bv[2], bv[3]);
-            }
-        }
+        float s[8][4], dp[8][4]; /* S = Q·Kᵀ, dP = dO·Vᵀ */
+        mma_pair_16x64<D>(s, dp, sQ, sdO, cK, cV, rw, lane);
         const bool full = (w0 & w1) == 0xffffffffu;
 #pragma unroll
         for (int n = 0; n < 8; n++)

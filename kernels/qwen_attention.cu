@@ -20,6 +20,25 @@ typedef __nv_bfloat16 bf16;
 #define QA_TILE 32
 #define FULL_MASK 0xffffffffu
 
+// keys [t0, t0 + QA_TILE) of kv head g into the shared K and V tiles as f32 (rows past bhi zero),
+// the whole block cooperating; KP is the K tile's row stride
+template <int KP>
+static __device__ __forceinline__ void load_kv_tile_(float (*Ks)[KP], float (*Vs)[QWEN_ATTN_MAX_HD],
+                                                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, int t0, int bhi,
+                                                     size_t ldkv, int g, int hd) {
+    for (int e = threadIdx.x; e < QA_TILE * hd; e += blockDim.x) {
+        int j = e / hd, d = e - j * hd, key = t0 + j;
+        float kv = 0.0f, vv = 0.0f;
+        if (key < bhi) {
+            size_t off = (size_t)key * ldkv + (size_t)g * hd + d;
+            kv = __bfloat162float(k[off]);
+            vv = __bfloat162float(v[off]);
+        }
+        Ks[j][d] = kv;
+        Vs[j][d] = vv;
+    }
+}
+
 __global__ void __launch_bounds__(QA_WARPS * 32)
 qwen_attention_kernel1(bf16 *out, const bf16 *q, int ldq, const bf16 *k, const bf16 *v, int ldkv, int N, int nh,
                        int rep, int hd, const int32_t *lo, const int32_t *hi, float scale) {
@@ -44,17 +63,7 @@ qwen_attention_kernel1(bf16 *out, const bf16 *q, int ldq, const bf16 *k, const b
     float m = -INFINITY, l = 0.0f;
     for (int t0 = blo; t0 < bhi; t0 += QA_TILE) {
         __syncthreads(); // the previous tile is consumed; Qs is visible on the first pass
-        for (int e = threadIdx.x; e < QA_TILE * hd; e += blockDim.x) {
-            int j = e / hd, d = e - j * hd, key = t0 + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < bhi) {
-                size_t off = (size_t)key * ldkv + (size_t)g * hd + d;
-                kv = __bfloat162float(k[off]);
-                vv = __bfloat162float(v[off]);
-            }
-            Ks[j][d] = kv;
-            Vs[j][d] = vv;
-        }
+        load_kv_tile_(Ks, Vs, k, v, t0, bhi, ldkv, g, hd);
         __syncthreads();
         if (i >= N) continue;
         int key = t0 + lane;
@@ -139,17 +148,7 @@ qwen_attention_kernel2(bf16 *out, const bf16 *q, int ldq, const bf16 *k, const b
     const int h4 = hd / 4;
     for (int t0 = blo; t0 < bhi; t0 += QA_TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < QA_TILE * hd; e += blockDim.x) {
-            int j = e / hd, d = e - j * hd, key = t0 + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < bhi) {
-                size_t off = (size_t)key * ldkv + (size_t)g * hd + d;
-                kv = __bfloat162float(k[off]);
-                vv = __bfloat162float(v[off]);
-            }
-            Ks[j][d] = kv;
-            Vs[j][d] = vv;
-        }
+        load_kv_tile_(Ks, Vs, k, v, t0, bhi, ldkv, g, hd);
         __syncthreads();
         if (i0 >= N) continue;
         int key = t0 + lane;

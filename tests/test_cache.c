@@ -66,6 +66,12 @@ static void make_rec_(Record *r, int i, int parts, int nsrc, int lat_hw, int L) 
     }
 }
 
+/* make_rec_ into *r, then put it (the test fails on an error) */
+static void put_rec_(Cache *c, Record *r, int i, int parts, int nsrc, int lat_hw, int L) {
+    make_rec_(r, i, parts, nsrc, lat_hw, L);
+    CHECK_RC(cache_put_record(err, c, r), err);
+}
+
 static Cache *open_(const char *dir, int ro, uint64_t map_size, int batch) {
     CacheOptions o;
     cache_options_init(&o);
@@ -86,8 +92,7 @@ static void test_put_get_roundtrip(void) {
     Record r;
     rec_init(&r);
     for (int i = 0; i < 10; i++) {
-        make_rec_(&r, i, 3, i % 3, i % 2 ? 8 : 4, 10 + i);
-        CHECK_RC(cache_put_record(err, c, &r), err);
+        put_rec_(c, &r, i, 3, i % 3, i % 2 ? 8 : 4, 10 + i);
     }
     CHECK_RC(cache_flush(err, c, 1), err);
     CHECK(cache_put_stats(c)->stored == 10);
@@ -128,8 +133,7 @@ static void test_map_full_grows(void) {
     Record r;
     rec_init(&r);
     for (int i = 0; i < 40; i++) {
-        make_rec_(&r, i, 3, 0, 4, 1000); /* ~66 KB */
-        CHECK_RC(cache_put_record(err, c, &r), err);
+        put_rec_(c, &r, i, 3, 0, 4, 1000); /* ~66 KB */
     }
     CHECK_RC(cache_flush(err, c, 1), err);
     CHECK(cache_put_stats(c)->grows >= 3, "grows=%llu", (unsigned long long)cache_put_stats(c)->grows);
@@ -156,22 +160,17 @@ static void test_merge_skip_replace(void) {
     rec_init(&r);
     /* latents from one encoder, embeddings from another; the second part lands in the same
      * batch as the first for id0, in a later batch for id1 */
-    make_rec_(&r, 0, 1, 1, 4, 8);
-    CHECK_RC(cache_put_record(err, c, &r), err);
-    make_rec_(&r, 0, 2, 1, 4, 8);
-    CHECK_RC(cache_put_record(err, c, &r), err);
-    make_rec_(&r, 1, 1, 0, 4, 8);
-    CHECK_RC(cache_put_record(err, c, &r), err);
+    put_rec_(c, &r, 0, 1, 1, 4, 8);
+    put_rec_(c, &r, 0, 2, 1, 4, 8);
+    put_rec_(c, &r, 1, 1, 0, 4, 8);
     CHECK_RC(cache_flush(err, c, 0), err);
     CacheList l;
     CHECK_RC(cache_list(err, c, NULL, &l), err);
     /* (bucket, nsources, seq) order: id0001 (no source) comes first */
     CHECK(l.n == 2 && !strcmp(l.items[1].id, "id0000") && l.items[1].complete && !l.items[0].complete, "n=%zu", l.n);
     cache_list_free(&l);
-    make_rec_(&r, 1, 2, 0, 4, 8);
-    CHECK_RC(cache_put_record(err, c, &r), err);
-    make_rec_(&r, 1, 3, 0, 4, 8); /* everything again: already cached */
-    CHECK_RC(cache_put_record(err, c, &r), err);
+    put_rec_(c, &r, 1, 2, 0, 4, 8);
+    put_rec_(c, &r, 1, 3, 0, 4, 8); /* everything again: already cached */
     CHECK_RC(cache_flush(err, c, 0), err);
     const CachePutStats *st = cache_put_stats(c);
     CHECK(st->stored == 2 && st->merged == 2 && st->skipped == 1, "%llu %llu %llu", (unsigned long long)st->stored,
@@ -261,8 +260,7 @@ static void test_bad_input_and_foreign(void) {
     CHECK(cache_put(err, c, "\xc1\xc1\xc1", 3) == QIE_EFORMAT);
     Record r;
     rec_init(&r);
-    make_rec_(&r, 0, 3, 0, 4, 8);
-    CHECK_RC(cache_put_record(err, c, &r), err); /* still usable */
+    put_rec_(c, &r, 0, 3, 0, 4, 8); /* still usable */
     CHECK_RC(cache_flush(err, c, 0), err);
     cache_close(&c);
 
@@ -305,8 +303,7 @@ static void test_filters_and_iter(void) {
     Record r;
     rec_init(&r);
     for (int i = 0; i < 12; i++) {
-        make_rec_(&r, i, i == 11 ? 1 : 3, i % 2, i % 3 ? 4 : 6, 4);
-        CHECK_RC(cache_put_record(err, c, &r), err);
+        put_rec_(c, &r, i, i == 11 ? 1 : 3, i % 2, i % 3 ? 4 : 6, 4);
     }
     CHECK_RC(cache_flush(err, c, 0), err);
     CHECK_RC(cache_rm(err, c, "id0004"), err);
@@ -408,8 +405,7 @@ static void test_verify_finds_corruption(void) {
     Record r;
     rec_init(&r);
     for (int i = 0; i < 4; i++) {
-        make_rec_(&r, i, 3, 0, 4, 4);
-        CHECK_RC(cache_put_record(err, c, &r), err);
+        put_rec_(c, &r, i, 3, 0, 4, 4);
     }
     CHECK_RC(cache_flush(err, c, 1), err);
     cache_close(&c);
