@@ -11,3 +11,11 @@ check() { # check NAME command...: passes when the command exits 0
     else t_failed=$((t_failed + 1)); echo "FAIL $name"; fi
 }
 finish() { echo "$t_passed passed, $t_failed failed"; [ "$t_failed" -eq 0 ]; }
+test_ports() { # test_ports N: a base port P for P .. P+N-1, below the kernel's ephemeral range (an
+    # outbound connection can take any port in that range, and a bind there then fails with
+    # "Address already in use"), spread over processes
+    local lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) || lo=32768
+    [ "${lo:-0}" -gt $((10000 + 2 * $1)) ] 2>/dev/null || lo=32768
+    echo $((10000 + ($$ * 31 + RANDOM) % (lo - 10000 - $1)))
+}

@@ -11,7 +11,7 @@
 source "$(dirname "$0")/shlib.sh"
 # under ASan, freed buffers sit in its quarantine (256 MB by default) and would look like growth
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=4"
-port=$((20000 + ($$ % 15000)))
+port=$(test_ports 4)
 T=120
 here=$(cd "$(dirname "$0")/.." && pwd)
 

@@ -132,7 +132,7 @@ check "killed rank: rank 1 named" grep -Eq "rank 1 .*was killed by signal 9|rank
 check "killed rank: within 5 s" awk -v a="$t0" -v b="$(now)" 'BEGIN { exit !(b - a < 5) }'
 # without a launcher (srun / mpirun, or ranks on another node): the survivor finds out through
 # the collectives, names the dead rank and exits 86 (RDZV_EXIT_PEER)
-port=$((20000 + RANDOM % 20000))
+port=$(test_ports 1)
 env RANK=1 LOCAL_RANK=1 WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port QIE_TRAIN_KILL_AT=1:2 \
     qie-train "${FLAGS[@]}" --gradient_accumulation_steps 2 --distributed zero3 --output_dir "$T_TMP/kill2" 2>/dev/null &
 env RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \

@@ -10,7 +10,7 @@ set -u
 : "${QIE_BUILD:=$PWD/build}"
 MODEL=${QIE_GOLDEN_DIR:-tests/golden}/vae/model
 GEN="$QIE_BUILD/tests/test_vae_stage"
-port=$((20000 + ($$ % 20000) + 7))
+port=$(test_ports 1)
 T=120
 Q=(--log_level error --progress=false)
 

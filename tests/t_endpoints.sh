@@ -3,7 +3,7 @@
 # -> file -> pipe, fan-in and fan-out end of stream, a peer that dies mid-stream, and pipeline
 # exit codes.
 source "$(dirname "$0")/shlib.sh"
-port=$((20000 + ($$ % 20000)))
+port=$(test_ports 5)
 T=60   # no single step may hang the suite
 
 gen_records --n 40 --bytes 200000 --out "$T_TMP/a.qie"

@@ -5,7 +5,7 @@
 # holds every good sample exactly once (the ids of a one-process decode, qie-cache verify), the
 # broken entry in the reject report, and a trainer-only run must consume the cache.
 source "$(dirname "$0")/shlib.sh"
-port=$((20000 + ($$ % 15000)))
+port=$(test_ports 400)
 T=120
 here=$(cd "$(dirname "$0")/.." && pwd)
 export QIE_BIN
